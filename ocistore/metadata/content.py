@@ -1,0 +1,399 @@
+"""The namespaced content store (containerd ``core/metadata/content.go``).
+
+A namespace sees a blob only after it ingested it or was shown to hold it (the
+*shared* policy: opening a writer for a digest the root already holds creates a
+"shared ingest" that needs no data). Labels and timestamps live in LMDB; bytes live in
+the :class:`~ocistore.content.local.LocalStore`. Blobs are published inside the
+metadata write transaction, so GC (which deletes files under a write transaction too)
+never sees a committed blob without its record.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from typing import BinaryIO
+
+from ocistore import _time, errors
+from ocistore.content.local import LocalStore, LocalWriter
+from ocistore.content.locks import RefLock
+from ocistore.content.types import ContentInfo, IngestStatus
+from ocistore.metadata.db import DB, Txn, key, prefix, split_key
+from ocistore.metadata.labels import apply_fieldpaths, validate_labels
+from ocistore.oci.descriptor import Descriptor
+from ocistore.oci.digest import EMPTY_DIGEST, validate_digest
+
+__all__ = ["NamespacedContent", "NamespacedWriter"]
+
+INGEST_EXPIRY = timedelta(hours=24)
+SHAREABLE_LABEL = "containerd.io/namespace.shareable"
+_CHUNK = 1 << 20
+MAX_READ = 64 << 20  # content.read() is for small blobs; use open() for layers
+
+
+def _info(digest: str, rec: Mapping[str, object]) -> ContentInfo:
+    return ContentInfo(
+        digest=digest,
+        size=int(rec["size"]),  # type: ignore[call-overload]
+        labels=dict(rec.get("labels") or {}),  # type: ignore[call-overload]
+        created_at=_time.from_ns(int(rec["created_at"])),  # type: ignore[call-overload]
+        updated_at=_time.from_ns(int(rec["updated_at"])),  # type: ignore[call-overload]
+    )
+
+
+class NamespacedContent:
+    """``Store.content``: the content store as one namespace sees it."""
+
+    def __init__(self, db: DB, namespace: str, backend: LocalStore) -> None:
+        self.db = db
+        self.ns = namespace
+        self.backend = backend
+
+    # -- reading --------------------------------------------------------------------------------
+    def _record(self, txn: Txn, digest: str) -> dict[str, object] | None:
+        rec = txn.get("content", key(self.ns, digest))
+        return rec if isinstance(rec, dict) else None
+
+    def info(self, digest: str) -> ContentInfo:
+        validate_digest(digest)
+        with self.db.read() as txn:
+            rec = self._record(txn, digest)
+        if rec is None:
+            raise errors.NotFound(f"content {digest} not found in namespace {self.ns!r}")
+        return _info(digest, rec)
+
+    def exists(self, digest: str) -> bool:
+        try:
+            self.info(digest)
+        except errors.NotFound:
+            return False
+        return True
+
+    def open(self, digest: str) -> BinaryIO:
+        """A seekable reader of a committed blob (a context manager)."""
+        self.info(digest)
+        return self.backend.open(digest)
+
+    def read(self, digest: str) -> bytes:
+        """A whole (small) blob, verified against its digest."""
+        info = self.info(digest)
+        if info.size > MAX_READ:
+            raise errors.SizeLimitExceeded(
+                f"content {digest} has {info.size} bytes; read() is for small blobs, use open()"
+            )
+        with self.backend.open(digest) as f:
+            data = f.read(info.size + 1)
+        from ocistore.oci.digest import digest_bytes, algorithm_of
+
+        actual = digest_bytes(data, algorithm_of(digest))
+        if actual != digest or len(data) != info.size:
+            raise errors.DigestMismatch(
+                f"content {digest} is corrupt on disk (read {len(data)} bytes hashing to {actual}); "
+                "run check(repair=True) and fetch it again",
+                expected=digest, actual=actual,
+            )
+        return data
+
+    def walk(self, filters: str | list[str] | None = None) -> Iterator[ContentInfo]:
+        from ocistore.filters import label_adaptor, parse_filters
+
+        flt = parse_filters(filters)
+        with self.db.read() as txn:
+            items = list(txn.scan("content", prefix(self.ns)))
+        for k, rec in items:
+            digest = split_key(k)[1]
+            info = _info(digest, rec)
+            if flt.match(label_adaptor({"digest": digest}, info.labels)):
+                yield info
+
+    # -- mutations --------------------------------------------------------------------------------
+    def update(
+        self, digest: str, labels: Mapping[str, str], fieldpaths: list[str] | None = None
+    ) -> ContentInfo:
+        validate_digest(digest)
+        with self.db.write() as txn:
+            rec = self._record(txn, digest)
+            if rec is None:
+                raise errors.NotFound(f"content {digest} not found in namespace {self.ns!r}")
+            new_labels, _ = apply_fieldpaths(
+                rec.get("labels") or {}, labels, fieldpaths, f"content {digest}: "  # type: ignore[arg-type]
+            )
+            rec["labels"] = new_labels
+            rec["updated_at"] = _time.to_ns(_time.now())
+            txn.put("content", key(self.ns, digest), rec)
+        return _info(digest, rec)
+
+    def delete(self, digest: str) -> None:
+        """Forget the blob in this namespace; its bytes go at the next gc."""
+        validate_digest(digest)
+        with self.db.write() as txn:
+            if not txn.delete("content", key(self.ns, digest)):
+                raise errors.NotFound(f"content {digest} not found in namespace {self.ns!r}")
+            self.db.remove_from_lease(txn, self.ns, "content", digest)
+        self.db.dirty += 1
+
+    # -- ingests ------------------------------------------------------------------------------------
+    def _bref(self, ref: str) -> str:
+        return f"{self.ns}/1/{ref}"
+
+    def _shareable(self, txn: Txn, digest: str) -> bool:
+        """Shared policy: any blob the backend holds may be shown to this namespace."""
+        return True
+
+    def writer(self, ref: str, total: int | None = None, expected: str | None = None) -> NamespacedWriter:
+        """Open or resume the ingest ``ref`` in this namespace.
+
+        AlreadyExists if ``expected`` is already visible here; Unavailable if another
+        writer (in any thread or process) holds ``ref``.
+        """
+        if not ref:
+            raise errors.InvalidArgument("ref must not be empty")
+        if expected:
+            validate_digest(expected)
+        total = total or 0
+        with self.db.write() as txn:
+            if expected and self._record(txn, expected) is not None:
+                self.db.add_to_lease(txn, self.ns, "content", expected)
+                raise errors.AlreadyExists(f"content {expected} already exists in namespace {self.ns!r}")
+        bref = self._bref(ref)
+        shared_size = -1
+        if expected and self.backend.exists(expected):
+            size = self.backend.info(expected).size
+            if total in (0, size):
+                shared_size = size
+        if shared_size >= 0:
+            lock = RefLock(str(self.backend.ingest_dir / f"{self.backend._ingest_key(bref)}.lock"),
+                           f"ingest ref {ref!r}").acquire()
+            backend_writer: LocalWriter | None = None
+        else:
+            lock = None
+            backend_writer = self.backend.writer(bref, total)
+        try:
+            with self.db.write() as txn:
+                self.db.ensure_namespace(txn, self.ns)
+                rec: dict[str, object] = {"bref": bref, "expected": expected if shared_size >= 0 else "",
+                                          "expire_at": None}
+                if self.db.current_lease(self.ns) is not None:
+                    self.db.add_to_lease(txn, self.ns, "ingests", ref)
+                else:
+                    rec["expire_at"] = _time.to_ns(_time.now() + INGEST_EXPIRY)
+                txn.put("ingests", key(self.ns, ref), rec)
+        except BaseException:
+            if backend_writer is not None:
+                backend_writer.close()
+            if lock is not None:
+                lock.release(remove=True)
+            raise
+        return NamespacedWriter(self, ref, backend_writer, lock, expected or "", shared_size, total)
+
+    def statuses(self) -> list[IngestStatus]:
+        with self.db.read() as txn:
+            items = list(txn.scan("ingests", prefix(self.ns)))
+        out = []
+        for k, rec in items:
+            ref = split_key(k)[1]
+            try:
+                st = self.backend.status(rec["bref"])
+            except errors.NotFound:
+                continue
+            out.append(IngestStatus(ref=ref, offset=st.offset, total=st.total,
+                                    started_at=st.started_at, updated_at=st.updated_at))
+        return out
+
+    def status(self, ref: str) -> IngestStatus:
+        with self.db.read() as txn:
+            rec = txn.get("ingests", key(self.ns, ref))
+        if rec is None:
+            raise errors.NotFound(f"ingest {ref!r} not found in namespace {self.ns!r}")
+        st = self.backend.status(rec["bref"])
+        return IngestStatus(ref=ref, offset=st.offset, total=st.total,
+                            started_at=st.started_at, updated_at=st.updated_at)
+
+    def abort(self, ref: str) -> None:
+        with self.db.write() as txn:
+            rec = txn.get("ingests", key(self.ns, ref))
+            if rec is None:
+                raise errors.NotFound(f"ingest {ref!r} not found in namespace {self.ns!r}")
+            txn.delete("ingests", key(self.ns, ref))
+            self.db.remove_from_lease(txn, self.ns, "ingests", ref)
+        if not rec.get("expected"):
+            self.backend.abort(rec["bref"])
+
+    def ingest(
+        self, data: bytes | BinaryIO, expected: str | None = None, labels: Mapping[str, str] | None = None,
+        media_type: str = "application/octet-stream",
+    ) -> Descriptor:
+        """Write a whole blob (bytes or a readable stream) and commit it; existing blobs are fine."""
+        validate_labels(labels, "content: ")
+        stream: BinaryIO = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+        ref = f"ingest-{uuid.uuid4().hex}"
+        try:
+            w = self.writer(ref, expected=expected)
+        except errors.AlreadyExists:
+            assert expected is not None
+            info = self.info(expected)
+            if labels:
+                self.update(expected, dict(labels), [f"labels.{k}" for k in labels])
+            return Descriptor(media_type=media_type, digest=expected, size=info.size)
+        with w:
+            if w.status().offset == 0:
+                while chunk := stream.read(_CHUNK):
+                    w.write(chunk)
+            size = w.status().offset
+            try:
+                digest = w.commit(expected=expected, labels=labels)
+            except errors.AlreadyExists:
+                digest = expected or w.digest()
+                if labels:
+                    self.update(digest, dict(labels), [f"labels.{k}" for k in labels])
+            except BaseException:
+                self.abort(ref)
+                raise
+        return Descriptor(media_type=media_type, digest=digest, size=size)
+
+    # -- commit (called by the writer) -----------------------------------------------------------------
+    def _commit_record(
+        self, txn: Txn, ref: str, digest: str, size: int, labels: dict[str, str]
+    ) -> bool:
+        """Create the blob record; False if it already existed (the ingest is dropped either way)."""
+        self.db.ensure_namespace(txn, self.ns)
+        txn.delete("ingests", key(self.ns, ref))
+        self.db.remove_from_lease(txn, self.ns, "ingests", ref)
+        self.db.add_to_lease(txn, self.ns, "content", digest)
+        if txn.has("content", key(self.ns, digest)):
+            return False
+        t = _time.to_ns(_time.now())
+        txn.put("content", key(self.ns, digest),
+                {"size": size, "labels": labels, "created_at": t, "updated_at": t})
+        return True
+
+
+class NamespacedWriter:
+    """A namespaced ingest writer; see :class:`ocistore.content.types.ContentWriter`."""
+
+    def __init__(
+        self, content: NamespacedContent, ref: str, backend: LocalWriter | None, lock: RefLock | None,
+        expected: str, shared_size: int, total: int,
+    ) -> None:
+        self._content = content
+        self._ref = ref
+        self._w = backend
+        self._lock = lock
+        self._expected = expected
+        self._shared_size = shared_size  # >= 0 while this is a shared ingest without own data
+        self._total = total
+        self._closed = False
+        t = _time.now()
+        self._started = self._updated = t
+
+    @property
+    def ref(self) -> str:
+        return self._ref
+
+    def _check(self) -> None:
+        if self._closed:
+            raise errors.FailedPrecondition(f"writer for ref {self._ref!r} is closed")
+
+    def _unshare(self, keep: int) -> LocalWriter:
+        """Turn a shared ingest into a real one holding the first ``keep`` bytes of the blob."""
+        if self._w is not None:
+            return self._w
+        c = self._content
+        assert self._lock is not None
+        self._lock.release(remove=True)
+        self._lock = None
+        w = c.backend.writer(c._bref(self._ref), self._total)
+        w.truncate(0)
+        if keep:
+            with c.backend.open(self._expected) as f:
+                left = keep
+                while left and (chunk := f.read(min(_CHUNK, left))):
+                    w.write(chunk)
+                    left -= len(chunk)
+        with c.db.write() as txn:
+            rec = txn.get("ingests", key(c.ns, self._ref)) or {}
+            rec.update({"bref": c._bref(self._ref), "expected": ""})
+            txn.put("ingests", key(c.ns, self._ref), rec)
+        self._w = w
+        self._shared_size = -1
+        return w
+
+    def write(self, data: bytes, /) -> int:
+        self._check()
+        w = self._w if self._w is not None else self._unshare(self._shared_size)
+        return w.write(data)
+
+    def status(self) -> IngestStatus:
+        if self._w is not None:
+            st = self._w.status()
+            return IngestStatus(ref=self._ref, offset=st.offset, total=st.total,
+                                started_at=st.started_at, updated_at=st.updated_at)
+        return IngestStatus(ref=self._ref, offset=self._shared_size, total=self._shared_size,
+                            started_at=self._started, updated_at=self._updated, expected=self._expected)
+
+    def digest(self) -> str:
+        if self._w is not None:
+            return self._w.digest()
+        return self._expected or EMPTY_DIGEST
+
+    def truncate(self, size: int) -> None:
+        self._check()
+        if self._w is None:
+            self._unshare(0)
+        assert self._w is not None
+        self._w.truncate(size)
+
+    def commit(
+        self, size: int | None = None, expected: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> str:
+        """Verify and make the blob visible in this namespace; always closes the writer."""
+        self._check()
+        c = self._content
+        try:
+            clean_labels = validate_labels(labels, f"content (ingest {self._ref!r}): ")
+            if self._w is None:
+                digest = self._expected
+                if size and size != self._shared_size:
+                    raise errors.FailedPrecondition(
+                        f"unexpected commit size {self._shared_size}, expected {size} (ingest {self._ref!r})")
+                if expected and expected != digest:
+                    raise errors.DigestMismatch(
+                        f"unexpected commit digest {digest}, expected {expected} (ingest {self._ref!r})",
+                        expected=expected, actual=digest)
+                with c.db.write() as txn:
+                    if not c.backend.exists(digest):
+                        raise errors.NotFound(f"content {digest} vanished from the store during the ingest")
+                    created = c._commit_record(txn, self._ref, digest, self._shared_size, clean_labels)
+                if not created:
+                    raise errors.AlreadyExists(f"content {digest} already exists in namespace {c.ns!r}")
+                return digest
+            w = self._w
+            st = w.status()
+            with c.db.write() as txn:
+                try:
+                    digest = w.commit(size, expected)
+                except errors.AlreadyExists:
+                    digest = expected or w.digest()
+                created = c._commit_record(txn, self._ref, digest, st.offset, clean_labels)
+            if not created:
+                raise errors.AlreadyExists(f"content {digest} already exists in namespace {c.ns!r}")
+            return digest
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._w is not None:
+            self._w.close()
+        if self._lock is not None:
+            self._lock.release(remove=True)
+
+    def __enter__(self) -> NamespacedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,270 @@
+"""The metadata database: one LMDB environment per store root.
+
+Key layout (every key is UTF-8 text; ``\\0`` separates parts; values are JSON)::
+
+    meta              version                          -> schema version (int)
+    namespaces        <ns>                             -> {labels, created_at}
+    content           <ns>\\0<digest>                  -> {size, labels, created_at, updated_at}
+    ingests           <ns>\\0<ref>                     -> {bref, expected, expire_at}
+    images            <ns>\\0<name>                    -> {target, labels, created_at, updated_at}
+    containers        <ns>\\0<id>                      -> {image, snapshotter, snapshot_key, labels, ...}
+    snapshots         <ns>\\0<snapshotter>\\0<key>     -> snapshot record (see ocistore.snapshots)
+    snapshot_children <ns>\\0<snapshotter>\\0<parent>\\0<child> -> ""
+    leases            <ns>\\0<id>                      -> {labels, created_at}
+    lease_resources   <ns>\\0<id>\\0<type>\\0<resource id> -> ""
+    counters          <name>                           -> int (sequences)
+
+Times are integers: nanoseconds since the Unix epoch, UTC. Every mutation happens inside
+one write transaction (LMDB allows one writer at a time across all processes), so a
+process killed at any point leaves either the old or the new state.
+
+One environment per root and process: :meth:`DB.open` hands out a shared, reference-counted
+instance (LMDB forbids opening one environment twice in a process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar
+
+import lmdb
+
+from ocistore import errors
+
+__all__ = ["DB", "SCHEMA_VERSION", "Txn", "key", "prefix"]
+
+SCHEMA_VERSION = 1
+TABLES = (
+    "meta",
+    "namespaces",
+    "content",
+    "ingests",
+    "images",
+    "containers",
+    "snapshots",
+    "snapshot_children",
+    "leases",
+    "lease_resources",
+    "counters",
+)
+_MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as needed
+SEP = "\x00"
+
+
+def key(*parts: str) -> bytes:
+    """A table key from its parts."""
+    return SEP.join(parts).encode()
+
+
+def prefix(*parts: str) -> bytes:
+    """The key prefix matching every key that starts with ``parts``."""
+    return (SEP.join(parts) + SEP).encode()
+
+
+def split_key(k: bytes) -> list[str]:
+    return k.decode().split(SEP)
+
+
+class Txn:
+    """A transaction with JSON helpers. Obtain one from :meth:`DB.read` / :meth:`DB.write`."""
+
+    def __init__(self, db: DB, txn: lmdb.Transaction, write: bool) -> None:
+        self.db = db
+        self.raw = txn
+        self.write = write
+        self.after_commit: list[Callable[[], None]] = []
+
+    def _h(self, table: str) -> Any:
+        return self.db.handles[table]
+
+    def get(self, table: str, k: bytes) -> Any:
+        raw = self.raw.get(k, db=self._h(table))
+        return None if raw is None else json.loads(raw)
+
+    def has(self, table: str, k: bytes) -> bool:
+        return self.raw.get(k, db=self._h(table)) is not None
+
+    def put(self, table: str, k: bytes, value: Any) -> None:
+        self.raw.put(k, json.dumps(value, separators=(",", ":")).encode(), db=self._h(table))
+
+    def delete(self, table: str, k: bytes) -> bool:
+        return bool(self.raw.delete(k, db=self._h(table)))
+
+    def scan(self, table: str, pfx: bytes = b"") -> Iterator[tuple[bytes, Any]]:
+        """(key, decoded value) for every key starting with ``pfx``, in key order."""
+        with self.raw.cursor(db=self._h(table)) as cur:
+            if not cur.set_range(pfx):
+                return
+            for k, v in cur:
+                if not k.startswith(pfx):
+                    break
+                yield bytes(k), json.loads(v)
+
+    def keys(self, table: str, pfx: bytes = b"") -> list[bytes]:
+        out = []
+        with self.raw.cursor(db=self._h(table)) as cur:
+            if not cur.set_range(pfx):
+                return out
+            for k in cur.iternext(keys=True, values=False):
+                if not k.startswith(pfx):
+                    break
+                out.append(bytes(k))
+        return out
+
+    def delete_prefix(self, table: str, pfx: bytes) -> int:
+        ks = self.keys(table, pfx)
+        for k in ks:
+            self.raw.delete(k, db=self._h(table))
+        return len(ks)
+
+    def next_seq(self, name: str) -> int:
+        """A monotonic per-name sequence (1, 2, ...)."""
+        current = self.get("counters", name.encode()) or 0
+        value = int(current) + 1
+        self.put("counters", name.encode(), value)
+        return value
+
+
+class DB:
+    """The LMDB environment of one store root, plus the per-thread lease context."""
+
+    _registry: ClassVar[dict[str, DB]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        try:
+            self.env = lmdb.open(
+                path, map_size=_MAP_SIZE, max_dbs=len(TABLES) + 4, max_readers=1024,
+                subdir=True, lock=True, readahead=False, meminit=False,
+            )
+        except lmdb.Error as e:
+            raise errors.Unavailable(f"cannot open metadata database {path}: {e}") from e
+        self.handles = {name: self.env.open_db(name.encode()) for name in TABLES}
+        self._refs = 0
+        self._local = threading.local()
+        self.dirty = 0  # deletions since the last gc (mutations that may free data)
+        self._migrate()
+
+    # -- sharing -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str) -> DB:
+        real = os.path.realpath(path)
+        with cls._registry_lock:
+            db = cls._registry.get(real)
+            if db is None or db._refs <= 0:
+                db = cls(real)
+                cls._registry[real] = db
+            db._refs += 1
+            return db
+
+    def release(self) -> None:
+        with self._registry_lock:
+            self._refs -= 1
+            if self._refs <= 0:
+                if self._registry.get(self.path) is self:
+                    del self._registry[self.path]
+                self.env.close()
+
+    # -- transactions ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Txn]:
+        with self.env.begin(write=False, buffers=False) as raw:
+            yield Txn(self, raw, write=False)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Txn]:
+        """A write transaction; committed when the block ends without an exception."""
+        raw = self.env.begin(write=True)
+        txn = Txn(self, raw, write=True)
+        try:
+            yield txn
+        except BaseException:
+            raw.abort()
+            raise
+        try:
+            raw.commit()
+        except lmdb.MapFullError as e:
+            raise errors.Unavailable(f"metadata database {self.path} is full: {e}") from e
+        for fn in txn.after_commit:
+            fn()
+
+    # -- schema -----------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        with self.write() as txn:
+            version = txn.get("meta", b"version") or 0
+            if version > SCHEMA_VERSION:
+                raise errors.FailedPrecondition(
+                    f"metadata database {self.path} has schema version {version}; this ocistore "
+                    f"understands up to {SCHEMA_VERSION}: upgrade ocistore"
+                )
+            for target, migration in MIGRATIONS:
+                if version < target:
+                    migration(txn)
+                    version = target
+            txn.put("meta", b"version", version)
+
+    # -- namespaces ----------------------------------------------------------------------------
+    def ensure_namespace(self, txn: Txn, ns: str) -> None:
+        k = ns.encode()
+        if not txn.has("namespaces", k):
+            from ocistore._time import now, to_ns
+
+            txn.put("namespaces", k, {"labels": {}, "created_at": to_ns(now())})
+
+    def namespaces(self) -> list[str]:
+        with self.read() as txn:
+            return [k.decode() for k in txn.keys("namespaces")]
+
+    def namespace_labels(self, ns: str) -> dict[str, str]:
+        with self.read() as txn:
+            rec = txn.get("namespaces", ns.encode())
+        return dict(rec["labels"]) if rec else {}
+
+    # -- leases (context) ------------------------------------------------------------------------
+    def current_lease(self, ns: str) -> str | None:
+        """The lease this thread's operations in ``ns`` join (set by ``Store.lease()``)."""
+        stack: list[tuple[str, str]] = getattr(self._local, "leases", [])
+        for lease_ns, lease_id in reversed(stack):
+            if lease_ns == ns:
+                return lease_id
+        return None
+
+    @contextlib.contextmanager
+    def lease_context(self, ns: str, lease_id: str) -> Iterator[None]:
+        stack: list[tuple[str, str]] = self._local.__dict__.setdefault("leases", [])
+        stack.append((ns, lease_id))
+        try:
+            yield
+        finally:
+            stack.pop()
+
+    def add_to_lease(self, txn: Txn, ns: str, rtype: str, rid: str, lease_id: str | None = None) -> None:
+        """Record ``rtype/rid`` as held by the thread's current lease (if any)."""
+        lease_id = lease_id or self.current_lease(ns)
+        if lease_id is None:
+            return
+        if not txn.has("leases", key(ns, lease_id)):
+            raise errors.NotFound(f"lease {lease_id!r} does not exist in namespace {ns!r}")
+        txn.put("lease_resources", key(ns, lease_id, rtype, rid), "")
+
+    def remove_from_lease(self, txn: Txn, ns: str, rtype: str, rid: str) -> None:
+        lease_id = self.current_lease(ns)
+        if lease_id is not None:
+            txn.delete("lease_resources", key(ns, lease_id, rtype, rid))
+
+
+def _initial(txn: Txn) -> None:
+    """Version 1: the tables exist (opened at start); nothing to convert."""
+
+
+MIGRATIONS: list[tuple[int, Callable[[Txn], None]]] = [(1, _initial)]
+
+
+def json_labels(value: Mapping[str, str] | None) -> dict[str, str]:
+    return {k: v for k, v in (value or {}).items() if v != ""}

@@ -1,0 +1,353 @@
+"""The content store conformance suite: containerd's content testsuite, case by case.
+
+Subclass :class:`ContentStoreSuite` in a pytest module and provide the ``make_store``
+fixture: a callable ``(namespace: str) -> ContentStore`` that returns views of ONE root
+(so the cross-namespace cases can share blobs). Every case uses fresh refs and data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, BinaryIO
+
+import pytest
+
+from ocistore import errors
+from ocistore.oci.digest import EMPTY_DIGEST
+
+__all__ = ["ContentStoreSuite", "MakeStore"]
+
+MakeStore = Callable[[str], Any]
+SLACK = timedelta(seconds=1)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _root_labels() -> dict[str, str]:
+    return {"containerd.io/gc.root": _now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _random(n: int, seed: int = 0) -> bytes:
+    return hashlib.shake_256(f"{seed}-{n}".encode()).digest(n) if n <= 1 << 16 else os.urandom(n)
+
+
+def _write_chunks(w: Any, data: bytes, chunk: int = 32) -> None:
+    for i in range(0, len(data), chunk):
+        w.write(data[i:i + chunk])
+
+
+def _check_within(t: datetime | None, start: datetime, end: datetime) -> None:
+    assert t is not None
+    assert start - SLACK <= t <= end + SLACK, f"{t} not within [{start}, {end}]"
+
+
+def _copy(w: Any, src: BinaryIO | io.RawIOBase | Any, size: int, expected: str, mode: str) -> None:
+    """content.Copy: reposition the source at the writer's offset, copy, commit."""
+    offset = w.status().offset
+    if offset:
+        if mode == "seek":
+            src.seek(offset)
+        elif mode == "readat":
+            src = io.BytesIO(src.getvalue()[offset:])
+        else:  # plain reader: discard
+            left = offset
+            while left:
+                chunk = src.read(min(left, 1 << 16))
+                assert chunk, "short source"
+                left -= len(chunk)
+    copied = 0
+    while chunk := src.read(1 << 16):
+        w.write(chunk)
+        copied += len(chunk)
+    assert copied == size - offset, "short copy"
+    try:
+        w.commit(size, expected)
+    except errors.AlreadyExists:
+        pass
+
+
+class _PlainReader:
+    """A reader that is neither seekable nor random-access."""
+
+    def __init__(self, data: bytes) -> None:
+        self._f = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n)
+
+
+class ContentStoreSuite:
+    """All cases of containerd's ContentSuite plus the shared cross-namespace suite."""
+
+    @pytest.fixture
+    def make_store(self) -> MakeStore:  # pragma: no cover - provided by subclasses
+        raise NotImplementedError
+
+    # 1
+    def test_writer(self, make_store: MakeStore) -> None:
+        cs = make_store("writer")
+        small, big = _random(256, 1), os.urandom(32 << 20)
+        cases = [("c1", small, False, False), ("c2", small, True, False), ("c3", small, False, True),
+                 ("c4", small, True, True), ("c5", big, True, True)]
+        for i, (ref, data, with_size, with_digest) in enumerate(cases):
+            data = data if i in (0, 4) else _random(256, 10 + i)
+            start = _now()
+            w = cs.writer(ref, total=len(data) if with_size else None,
+                          expected=_digest(data) if with_digest else None)
+            step = 32 if len(data) < 4096 else 1 << 20
+            _write_chunks(w, data, step)
+            labels = _root_labels()
+            d = w.commit(0, None, labels=labels)
+            end = _now()
+            assert d == _digest(data) == w.digest()
+            info = cs.info(d)
+            assert info.size == len(data)
+            assert info.labels == labels
+            _check_within(info.created_at, start, end)
+            _check_within(info.updated_at, start, end)
+
+    # 2
+    def test_update_status(self, make_store: MakeStore) -> None:
+        cs = make_store("status")
+        data = _random(256, 2)
+        before = _now()
+        w = cs.writer("status-1", total=256, expected=_digest(data))
+        after = _now()
+        st = w.status()
+        assert (st.offset, st.total, st.ref) == (0, 256, "status-1")
+        assert w.digest() == EMPTY_DIGEST
+        _check_within(st.started_at, before, after)
+        for upto in (64, 192, 256):
+            prev = w.status().offset
+            t0 = _now()
+            w.write(data[prev:upto])
+            t1 = _now()
+            st = w.status()
+            assert st.offset == upto and w.digest() == _digest(data[:upto])
+            _check_within(st.updated_at, t0, t1)
+        labels = _root_labels()
+        d = w.commit(256, _digest(data), labels=labels)
+        assert cs.info(d).labels == labels and cs.info(d).size == 256
+
+    # 3
+    def test_commit_exists(self, make_store: MakeStore) -> None:
+        cs = make_store("exists")
+        data = _random(256, 3)
+        cs.ingest(data, labels=_root_labels())
+        for i, with_digest in enumerate((True, False)):
+            w = cs.writer(f"c1-commitexists-{i}")
+            w.write(data)
+            with pytest.raises(errors.AlreadyExists):
+                w.commit(len(data), _digest(data) if with_digest else None)
+
+    # 4
+    def test_resume(self, make_store: MakeStore) -> None:
+        cs = make_store("resume")
+        data = _random(256, 4)
+        w = cs.writer("resume-1", total=256, expected=_digest(data))
+        w.write(data[:128])
+        before = w.status()
+        d_half = w.digest()
+        w.close()
+        w = cs.writer("resume-1", total=256, expected=_digest(data))
+        st = w.status()
+        assert (st.offset, st.total) == (128, 256)
+        assert st.started_at == before.started_at
+        assert abs((st.updated_at - before.updated_at).total_seconds()) < 1
+        assert w.digest() == d_half == _digest(data[:128])
+        w.write(data[128:])
+        d = w.commit(0, None, labels=_root_labels())
+        assert cs.info(d).size == 256
+
+    def _resume_matrix(self, make_store: MakeStore, name: str, finish: Callable[..., None]) -> None:
+        cs = make_store(name)
+        for size in (500, 5000, 50000):
+            for frac in (0.0, 0.1, 0.5, 0.9, 1.0):
+                data = _random(size, size * 10 + int(frac * 10))
+                ref = f"{name}-{size}-{frac}"
+                written = int(size * frac)
+                w = cs.writer(ref, total=size, expected=_digest(data))
+                w.write(data[:written])
+                w.close()
+                w = cs.writer(ref, total=size, expected=_digest(data))
+                assert w.status().offset == written
+                finish(w, data)
+                assert cs.info(_digest(data)).size == size
+
+    # 5
+    def test_resume_truncate(self, make_store: MakeStore) -> None:
+        def finish(w: Any, data: bytes) -> None:
+            w.truncate(0)
+            assert w.status().offset == 0
+            w.write(data)
+            w.commit(len(data), _digest(data), labels=_root_labels())
+
+        self._resume_matrix(make_store, "rtrunc", finish)
+
+    # 6
+    def test_resume_discard(self, make_store: MakeStore) -> None:
+        def finish(w: Any, data: bytes) -> None:
+            w.write(data[w.status().offset:])
+            w.commit(len(data), _digest(data), labels=_root_labels())
+
+        self._resume_matrix(make_store, "rdiscard", finish)
+
+    # 7, 8, 9
+    @pytest.mark.parametrize("mode", ["reader", "seek", "readat"])
+    def test_resume_copy(self, make_store: MakeStore, mode: str) -> None:
+        def finish(w: Any, data: bytes) -> None:
+            src: Any = _PlainReader(data) if mode == "reader" else io.BytesIO(data)
+            _copy(w, src, len(data), _digest(data), mode)
+
+        self._resume_matrix(make_store, f"rcopy{mode}", finish)
+
+    # 10
+    def test_small_blob(self, make_store: MakeStore) -> None:
+        cs = make_store("small")
+        data = b"small\n"
+        w = cs.writer("small-1", total=len(data), expected=_digest(data))
+        w.write(data)
+        w.commit(len(data), _digest(data), labels=_root_labels())
+        with cs.open(_digest(data)) as f:
+            assert f.read(len(data) + 1) == data
+        assert cs.read(_digest(data)) == data
+
+    # 11
+    def test_labels(self, make_store: MakeStore) -> None:
+        cs = make_store("labels")
+        data = _random(64, 11)
+        labels = {"k1": "v1", "k2": "v2", **_root_labels()}
+        d = cs.ingest(data, labels=labels).digest
+        info = cs.info(d)
+        assert info.labels == labels
+        created = info.created_at
+        new = {"k1": "newvalue", "k3": "v3", **_root_labels()}
+        t0 = _now()
+        info = cs.update(d, new)
+        assert info.labels == new and "k2" not in info.labels
+        new2 = {"k1": "v1", **_root_labels()}
+        info = cs.update(d, new2, ["labels.k3", "labels.k1"])
+        assert info.labels == {"k1": "v1", "containerd.io/gc.root": new["containerd.io/gc.root"]}
+        assert cs.info(d).labels == info.labels
+        assert info.created_at == created
+        _check_within(info.updated_at, t0, _now())
+
+    # 12
+    def test_commit_error_state(self, make_store: MakeStore) -> None:
+        cs = make_store("errstate")
+        data = _random(128, 12)
+        ref = "errstate-1"
+        w = cs.writer(ref)
+        with pytest.raises(errors.Unavailable):
+            cs.writer(ref)
+        w.write(data)
+        expected = _digest(data)
+        w.commit(len(data), expected, labels=_root_labels())
+        # duplicate commits -> AlreadyExists, ref reusable afterwards
+        for exp in (expected, None):
+            w = cs.writer(ref)
+            w.write(data)
+            with pytest.raises(errors.AlreadyExists):
+                w.commit(len(data), exp)
+        # wrong digest -> FailedPrecondition, data kept for resume
+        w = cs.writer(ref)
+        extra = data + b"more"
+        w.write(extra)
+        with pytest.raises(errors.FailedPrecondition):
+            w.commit(len(extra), expected)
+        w = cs.writer(ref)
+        assert w.status().offset == len(extra)
+        # wrong size -> FailedPrecondition, still resumable
+        with pytest.raises(errors.FailedPrecondition):
+            w.commit(len(extra) + 1, None)
+        w = cs.writer(ref)
+        assert w.status().offset == len(extra)
+        d = w.commit(len(extra), None, labels=_root_labels())
+        assert d == _digest(extra)
+        # truncate + close frees the ref
+        w = cs.writer(ref)
+        w.write(b"x")
+        w.truncate(0)
+        w.close()
+        w2 = cs.writer(ref)
+        assert w2.status().offset == 0
+        w2.close()
+
+    # 13
+    def test_cross_namespace_append(self, make_store: MakeStore) -> None:
+        a, b = make_store("append-n1"), make_store("append-n2")
+        data = _random(1000, 13)
+        d = _digest(data)
+        w = a.writer("cross-append", total=len(data), expected=d)
+        w.write(data)
+        w.commit(len(data), d, labels=_root_labels())
+        w = b.writer("cross-append", total=len(data), expected=d)
+        st = w.status()
+        assert st.offset == st.total == len(data)
+        more = data + b"appended"
+        w.write(b"appended")
+        d2 = w.commit(len(more), _digest(more), labels=_root_labels())
+        assert b.read(d2) == more
+        assert a.read(d) == data
+        with pytest.raises(errors.NotFound):
+            a.info(d2)
+
+    # 14
+    def test_cross_namespace_share(self, make_store: MakeStore) -> None:
+        a, b = make_store("share-n1"), make_store("share-n2")
+        data = _random(1000, 14)
+        d = _digest(data)
+        a.ingest(data, labels=_root_labels())
+        with pytest.raises(errors.NotFound):
+            b.info(d)
+        w = b.writer("cross-share", total=len(data), expected=d)
+        st = w.status()
+        assert st.offset == st.total == len(data)
+        w.commit(len(data), d, labels=_root_labels())
+        assert b.read(d) == data and a.read(d) == data
+
+    # extra: status listing and abort
+    def test_statuses_and_abort(self, make_store: MakeStore) -> None:
+        cs = make_store("statuses")
+        w = cs.writer("st-a", total=10)
+        w.write(b"12345")
+        w.close()
+        refs = {s.ref: s for s in cs.statuses()}
+        assert refs["st-a"].offset == 5 and refs["st-a"].total == 10
+        cs.abort("st-a")
+        assert "st-a" not in {s.ref for s in cs.statuses()}
+        with pytest.raises(errors.NotFound):
+            cs.abort("st-a")
+
+    def test_delete_and_walk(self, make_store: MakeStore) -> None:
+        cs = make_store("walk")
+        d1 = cs.ingest(b"one", labels={"a": "1"}).digest
+        d2 = cs.ingest(b"two", labels={"a": "2"}).digest
+        assert {i.digest for i in cs.walk()} >= {d1, d2}
+        assert [i.digest for i in cs.walk('labels.a==2')] == [d2]
+        assert {i.digest for i in cs.walk(["labels.a==1", "labels.a==2"])} == {d1, d2}
+        cs.delete(d1)
+        with pytest.raises(errors.NotFound):
+            cs.info(d1)
+        with pytest.raises(errors.NotFound):
+            cs.delete(d1)
+
+    def test_invalid_input(self, make_store: MakeStore) -> None:
+        cs = make_store("invalid")
+        for bad in ("sha256:xyz", "md5:" + "0" * 32, "sha256:" + "A" * 64, "../../etc/passwd", ""):
+            with pytest.raises(errors.InvalidArgument):
+                cs.info(bad)
+        with pytest.raises(errors.InvalidArgument):
+            cs.writer("")
+        with pytest.raises(errors.InvalidArgument):
+            cs.ingest(b"x", labels={"k": "v" * 5000})

@@ -1,0 +1,120 @@
+"""The content conformance suite on the namespaced store, plus store-specific behaviour."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ocistore import Store, errors
+from ocistore.content.local import LocalStore
+from ocistore.testing.content_suite import ContentStoreSuite, MakeStore
+
+
+class TestStoreContent(ContentStoreSuite):
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> Iterator[MakeStore]:
+        opened: list[Store] = []
+
+        def make(ns: str) -> object:
+            s = Store(tmp_path / "root", namespace=ns)
+            opened.append(s)
+            return s.content
+
+        yield make
+        for s in opened:
+            s.close()
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_corrupt_blob_on_disk_is_detected(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        d = s.content.ingest(b"precious data").digest
+        path = LocalStore(tmp_path / "content").blob_path(d)
+        os.chmod(path, 0o644)
+        path.write_bytes(b"precious dat4")
+        with pytest.raises(errors.DigestMismatch):
+            s.content.read(d)
+
+
+def test_blobs_are_read_only_and_atomic(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        d = s.content.ingest(b"abc").digest
+        path = LocalStore(tmp_path / "content").blob_path(d)
+        assert path.stat().st_mode & 0o222 == 0
+        assert not any((tmp_path / "content" / "ingest").iterdir())
+
+
+def test_namespace_validation(tmp_path: Path) -> None:
+    for bad in ("", "a/b", "-x", "x" * 77, "version"):
+        with pytest.raises(errors.InvalidArgument):
+            Store(tmp_path, namespace=bad)
+
+
+def test_reopen_sees_committed_data(tmp_path: Path) -> None:
+    with Store(tmp_path) as s:
+        d = s.content.ingest(b"persist").digest
+    with Store(tmp_path) as s:
+        assert s.content.read(d) == b"persist"
+
+
+def _hold_writer(root: str, ref: str, ready: mp.synchronize.Event, done: mp.synchronize.Event) -> None:
+    with Store(root) as s:
+        w = s.content.writer(ref)
+        w.write(b"partial")
+        ready.set()
+        done.wait(30)
+        w.close()
+
+
+def test_second_process_on_same_ref_is_unavailable(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    ready, done = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold_writer, args=(str(tmp_path), "shared-ref", ready, done))
+    p.start()
+    try:
+        assert ready.wait(60)
+        with Store(tmp_path) as s, pytest.raises(errors.Unavailable, match="locked"):
+            s.content.writer("shared-ref")
+    finally:
+        done.set()
+        p.join(30)
+    with Store(tmp_path) as s:
+        w = s.content.writer("shared-ref")
+        assert w.status().offset == len(b"partial")
+        w.close()
+
+
+def _commit_images(root: str, worker: int, n: int) -> None:
+    from ocistore import Descriptor, Image
+
+    with Store(root) as s:
+        for i in range(n):
+            data = f"manifest {worker}-{i}".encode()
+            desc = s.content.ingest(data, labels={"containerd.io/gc.root": "x"})
+            s.images.create(Image(
+                name=f"example.com/w{worker}:{i}",
+                target=Descriptor("application/vnd.oci.image.manifest.v1+json", desc.digest, desc.size),
+            ))
+
+
+def test_four_processes_commit_images_concurrently(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_commit_images, args=(str(tmp_path), w, 20)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    with Store(tmp_path) as s:
+        images = s.images.list()
+        assert len(images) == 80
+        for img in images:
+            assert s.content.read(img.target.digest).startswith(b"manifest ")
