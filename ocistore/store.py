@@ -74,6 +74,8 @@ class Store:
     def _clean_tmp(self, older_than: float = 24 * 3600) -> None:
         cutoff = time.time() - older_than
         for entry in os.scandir(self.root / "tmp"):
+            if entry.name == "locks":
+                continue
             try:
                 if entry.stat(follow_symlinks=False).st_mtime < cutoff:
                     remove_tree(entry.path)

@@ -1,0 +1,214 @@
+"""Fetching an image graph from a source (a registry, an OCI layout) into the content store.
+
+containerd's handler chain, in one place: for each descriptor, make the blob present
+(download unless it already exists), read an index or manifest to find its children,
+label the parent with ``containerd.io/gc.ref.content.*`` for every child (before platform
+filtering, as containerd does), filter an index's manifests by platform, and recurse.
+Layers are downloaded in parallel. Concurrent fetches of one blob (threads or processes)
+download it once: the second writer waits for the ref lock and then finds the blob.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Protocol
+
+from ocistore import errors
+from ocistore.content.types import ContentWriter
+from ocistore.images.walk import child_gc_labels, filter_manifests, kind_of
+from ocistore.oci import mediatypes as mt
+from ocistore.oci.descriptor import Descriptor
+from ocistore.oci.manifest import parse_index, parse_manifest
+from ocistore.oci.platform import PlatformMatcher
+from ocistore.transfer.progress import Progress, ref_key
+
+if TYPE_CHECKING:
+    from ocistore.metadata.content import NamespacedContent
+
+__all__ = ["Source", "fetch_graph", "fetch_blob"]
+
+LOCK_WAIT = 600.0  # seconds to wait for another writer of the same blob
+
+
+class Source(Protocol):
+    """Where blobs come from."""
+
+    def fetch_into(self, desc: Descriptor, writer: ContentWriter) -> None:
+        """Write the blob into ``writer`` from ``writer.status().offset`` on and commit it
+        with ``expected=desc.digest`` (AlreadyExists from commit is success)."""
+        ...
+
+    def blob_labels(self, desc: Descriptor) -> dict[str, str]:
+        """Extra labels for a fetched blob (``containerd.io/distribution.source.*``)."""
+        ...
+
+
+def _writer_ref(desc: Descriptor) -> str:
+    name = desc.annotations.get("org.opencontainers.image.ref.name")
+    kind = kind_of(desc.media_type)
+    return f"{kind}-{name}@{desc.digest}" if name else f"{kind}-{desc.digest}"
+
+
+def fetch_blob(content: NamespacedContent, source: Source, desc: Descriptor, progress: Progress) -> bool:
+    """Make ``desc`` present in the namespace; True if bytes were downloaded."""
+    if desc.size <= 0 and desc.digest != "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855":
+        raise errors.InvalidArgument(f"descriptor {desc.digest} has size {desc.size}; cannot fetch it")
+    ref = _writer_ref(desc)
+    kind = kind_of(desc.media_type)
+    deadline = time.monotonic() + LOCK_WAIT
+    delay = 0.016
+    waited = False
+    while True:
+        try:
+            writer = content.writer(ref, total=desc.size, expected=desc.digest)
+        except errors.AlreadyExists:
+            progress.emit(ref_key(kind, desc.digest), desc.digest, kind, "exists", desc.size, desc.size)
+            return False
+        except errors.Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            if not waited:
+                progress.emit(ref_key(kind, desc.digest), desc.digest, kind, "waiting", 0, desc.size)
+                waited = True
+            time.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, 1.0)
+            continue
+        break
+    with writer:
+        st = writer.status()
+        if st.offset == desc.size and st.offset > 0 and writer.digest() == desc.digest:
+            # a shared ingest (the root holds the blob) or a finished download: just commit
+            try:
+                writer.commit(desc.size, desc.digest, labels=source.blob_labels(desc))
+            except errors.AlreadyExists:
+                pass
+            progress.emit(ref_key(kind, desc.digest), desc.digest, kind, "exists", desc.size, desc.size)
+            return False
+        progress.emit(ref_key(kind, desc.digest), desc.digest, kind, "downloading", st.offset, desc.size)
+        try:
+            source.fetch_into(desc, _LabelledWriter(writer, source.blob_labels(desc)))
+        except errors.AlreadyExists:
+            pass
+        except errors.DigestMismatch:
+            # never keep bytes that lied: start over next time
+            _abort_quietly(content, ref)
+            raise
+    progress.emit(ref_key(kind, desc.digest), desc.digest, kind, "complete", desc.size, desc.size)
+    return True
+
+
+def _abort_quietly(content: NamespacedContent, ref: str) -> None:
+    try:
+        content.abort(ref)
+    except (errors.NotFound, errors.Unavailable):
+        pass
+
+
+class _LabelledWriter:
+    """Adds labels to the commit a source makes."""
+
+    def __init__(self, inner: ContentWriter, labels: dict[str, str]) -> None:
+        self._w = inner
+        self._labels = labels
+
+    def write(self, data: bytes, /) -> int:
+        return self._w.write(data)
+
+    def status(self):  # type: ignore[no-untyped-def]
+        return self._w.status()
+
+    def digest(self) -> str:
+        return self._w.digest()
+
+    def truncate(self, size: int) -> None:
+        self._w.truncate(size)
+
+    def commit(self, size=None, expected=None, labels=None):  # type: ignore[no-untyped-def]
+        merged = dict(self._labels)
+        merged.update(labels or {})
+        return self._w.commit(size, expected, labels=merged)
+
+    def close(self) -> None:
+        self._w.close()
+
+    def __enter__(self) -> _LabelledWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def fetch_graph(
+    content: NamespacedContent,
+    source: Source,
+    root: Descriptor,
+    matcher: PlatformMatcher | None,
+    *,
+    limit: int = 0,
+    progress: Progress | None = None,
+    max_concurrent: int = 3,
+    fetch_layers: bool = True,
+    on_manifest: Callable[[Descriptor], None] | None = None,
+) -> list[Descriptor]:
+    """Fetch ``root`` and its children for the platforms ``matcher`` accepts (None = all).
+
+    Returns the manifests fetched. ``limit`` caps the manifests taken from an index
+    (best matches first; NotFound if none match).
+    """
+    progress = progress or Progress(None)
+    manifests: list[Descriptor] = []
+    layers: list[Descriptor] = []
+    seen: set[str] = set()
+
+    def visit(desc: Descriptor) -> None:
+        if desc.digest in seen:
+            return
+        seen.add(desc.digest)
+        if mt.is_layer(desc.media_type):
+            layers.append(desc)
+            return
+        fetch_blob(content, source, desc, progress)
+        if mt.is_index(desc.media_type):
+            index = parse_index(content.read(desc.digest), desc.media_type)
+            _label_parent(content, desc, list(index.manifests))
+            for child in filter_manifests(content, index.manifests, matcher, limit):
+                visit(child)
+        elif mt.is_manifest(desc.media_type):
+            manifest = parse_manifest(content.read(desc.digest), desc.media_type)
+            _label_parent(content, desc, manifest.children)
+            manifests.append(desc)
+            if on_manifest is not None:
+                on_manifest(desc)
+            visit(manifest.config)
+            for layer in manifest.layers:
+                visit(layer)
+        elif not mt.is_config(desc.media_type) and desc.media_type != mt.OCI_EMPTY:
+            pass  # unknown types are fetched as plain blobs and have no children, as in containerd
+
+    visit(root)
+    if fetch_layers and layers:
+        for layer in layers:
+            progress.emit(ref_key("layer", layer.digest), layer.digest, "layer", "waiting", 0, layer.size)
+        with ThreadPoolExecutor(max_workers=max(1, min(max_concurrent, len(layers)))) as pool:
+            futures = [pool.submit(_fetch_layer, content, source, d, progress) for d in layers]
+            for f in futures:
+                f.result()
+    return manifests
+
+
+def _fetch_layer(content: NamespacedContent, source: Source, desc: Descriptor, progress: Progress) -> None:
+    try:
+        fetch_blob(content, source, desc, progress)
+    except errors.NotFound:
+        if mt.is_non_distributable(desc.media_type):
+            return  # foreign layers may be absent from the source, as containerd tolerates
+        raise
+
+
+def _label_parent(content: NamespacedContent, parent: Descriptor, children: list[Descriptor]) -> None:
+    labels = child_gc_labels(children)
+    if labels:
+        content.update(parent.digest, labels, [f"labels.{k}" for k in labels])

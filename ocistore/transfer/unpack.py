@@ -1,0 +1,280 @@
+"""Unpacking an image's layers into a snapshotter (containerd ``core/unpack``).
+
+For each layer whose chain ID is not yet committed, prepare ``extract-<unique> <chainID>``,
+apply the layer into the snapshot's directory (verifying the diffID), and commit it as
+``<chainID>``. On snapshotters that can rebase (overlayfs), layers are applied in
+parallel, each into its own parentless upper dir, and committed in chain order with
+their parent. Afterwards the config blob is labelled
+``containerd.io/gc.ref.snapshot.<snapshotter>=<top chainID>`` so GC keeps the chain.
+Concurrent unpacks of one image (threads or processes) are serialised by a keyed lock
+and the second one finds the work done.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from ocistore import errors
+from ocistore._locks import keyed_lock
+from ocistore.images.walk import ImageParts, image_parts
+from ocistore.oci import mediatypes as mt
+from ocistore.oci.descriptor import Descriptor
+from ocistore.transfer.progress import Progress, ProgressEvent, ref_key
+
+if TYPE_CHECKING:
+    from ocistore.snapshots.types import Snapshotter
+    from ocistore.store import Store
+
+__all__ = ["is_unpacked", "snapshot_labels_for", "unpack_image", "unpack_parts"]
+
+SNAPSHOT_REF = "containerd.io/snapshot.ref"
+DIFF_ID = "containerd.io/snapshot/diff-id"
+PARENT_CHAIN = "containerd.io/snapshot/parent-chain-id"
+CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
+CRI_MANIFEST = "containerd.io/snapshot/cri.manifest-digest"
+CRI_LAYER = "containerd.io/snapshot/cri.layer-digest"
+CRI_LAYERS = "containerd.io/snapshot/cri.image-layers"
+UNCOMPRESSED = "containerd.io/uncompressed"
+MAX_LABEL = 4096
+MAX_PARALLEL_APPLY = 3
+
+
+def unique_part() -> str:
+    """containerd's ``uniquePart``: nanoseconds within the second, a dash, 4 base64url chars."""
+    return f"{time.time_ns() % 1_000_000_000}-{base64.urlsafe_b64encode(os.urandom(3)).decode()}"
+
+
+def cri_image_layers(layers: list[Descriptor], start: int) -> str:
+    """Digests of layer ``start`` and the following ones, cut to the label size limit."""
+    out: list[str] = []
+    size = len(CRI_LAYERS)
+    for d in layers[start:]:
+        add = len(d.digest) + (1 if out else 0)
+        if size + add > MAX_LABEL:
+            break
+        out.append(d.digest)
+        size += add
+    return ",".join(out)
+
+
+def snapshot_labels_for(
+    parts: ImageParts, i: int, image_ref: str, cri: bool
+) -> dict[str, str]:
+    chains = parts.chain_ids
+    labels = {SNAPSHOT_REF: chains[i], DIFF_ID: parts.diff_ids[i]}
+    if i > 0:
+        labels[PARENT_CHAIN] = chains[i - 1]
+    layer = parts.layers[i]
+    labels.update({k: v for k, v in layer.annotations.items() if k.startswith("containerd.io/snapshot/")})
+    if cri:
+        labels[CRI_IMAGE_REF] = image_ref
+        labels[CRI_MANIFEST] = parts.manifest_desc.digest
+        labels[CRI_LAYER] = layer.digest
+        labels[CRI_LAYERS] = cri_image_layers(parts.layers, i)
+    return labels
+
+
+def _exists(sn: Snapshotter, key: str) -> bool:
+    try:
+        sn.stat(key)
+    except errors.NotFound:
+        return False
+    return True
+
+
+def is_unpacked(store: Store, name: str, snapshotter: str = "overlayfs", platform: Any = None) -> bool:
+    """True if the image's top chain ID is committed in ``snapshotter``."""
+    img = store.images.get(name)
+    try:
+        parts = image_parts(store.content, img.target, platform)
+    except errors.NotFound:
+        return False
+    top = parts.chain_id
+    if not top:
+        return True
+    info = _stat(store.snapshots(snapshotter), top)
+    return info is not None and info.kind.value == "committed"
+
+
+def _stat(sn: Snapshotter, key: str) -> Any:
+    try:
+        return sn.stat(key)
+    except errors.NotFound:
+        return None
+
+
+def unpack_image(
+    store: Store, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
+    progress: Callable[[ProgressEvent], None] | None = None, platform: Any = None,
+) -> str:
+    """Unpack image ``name`` into ``snapshotter``; returns the top chain ID."""
+    img = store.images.get(name)
+    parts = image_parts(store.content, img.target, platform)
+    return unpack_parts(store, parts, image_ref=name, snapshotter=snapshotter,
+                        snapshot_labels=snapshot_labels, progress=Progress(progress))
+
+
+def _check_parts(parts: ImageParts) -> None:
+    if parts.config.rootfs_type not in ("", "layers"):
+        raise errors.InvalidArgument(
+            f"image config {parts.manifest.config.digest}: rootfs type {parts.config.rootfs_type!r} "
+            "is not 'layers'"
+        )
+    if len(parts.layers) != len(parts.diff_ids):
+        raise errors.InvalidArgument(
+            f"mismatched image rootfs and manifest layers: manifest {parts.manifest_desc.digest} lists "
+            f"{len(parts.layers)} layers, its config {len(parts.diff_ids)} diff IDs"
+        )
+
+
+def unpack_parts(
+    store: Store, parts: ImageParts, *, image_ref: str, snapshotter: str = "overlayfs",
+    snapshot_labels: bool = True, progress: Progress | None = None,
+) -> str:
+    """Unpack the layers of ``parts`` (already fetched) into ``snapshotter``."""
+    _check_parts(parts)
+    progress = progress or Progress(None)
+    sn = store.snapshots(snapshotter)
+    chains = parts.chain_ids
+    top = chains[-1] if chains else ""
+    if not top:
+        return ""
+    with store._operation_lease(), keyed_lock(store.root, f"unpack/{store.namespace}/{snapshotter}/{top}"):
+        todo = [i for i, c in enumerate(chains) if not _committed(sn, c)]
+        if todo:
+            # every layer from the first missing one on is (re)applied, in chain order
+            start = todo[0]
+            parallel = bool(getattr(sn, "supports_rebase", False)) and len(chains) - start > 1
+            if parallel:
+                _unpack_parallel(store, sn, parts, start, image_ref, snapshot_labels, progress)
+            else:
+                for i in range(start, len(chains)):
+                    _unpack_one(store, sn, parts, i, image_ref, snapshot_labels, progress, sequential=True)
+        store.content.update(
+            parts.manifest.config.digest, {f"containerd.io/gc.ref.snapshot.{snapshotter}": top},
+            [f"labels.containerd.io/gc.ref.snapshot.{snapshotter}"],
+        )
+    return top
+
+
+def _committed(sn: Snapshotter, chain: str) -> bool:
+    info = _stat(sn, chain)
+    return info is not None and info.kind.value == "committed"
+
+
+def _prepare(
+    sn: Snapshotter, parts: ImageParts, i: int, image_ref: str, cri: bool, parent: str
+) -> tuple[str, dict[str, str]] | None:
+    """Prepare the extract snapshot for layer ``i``; None when the layer is already there."""
+    labels = snapshot_labels_for(parts, i, image_ref, cri)
+    chain = parts.chain_ids[i]
+    for _attempt in range(3):
+        key = f"extract-{unique_part()} {chain}"
+        try:
+            sn.prepare(key, parent, labels=labels)
+            return key, labels
+        except errors.AlreadyExists:
+            if _committed(sn, chain):
+                return None
+    raise errors.Unavailable(f"could not prepare an extract snapshot for layer {chain} after 3 tries")
+
+
+def _apply(
+    store: Store, sn: Snapshotter, parts: ImageParts, i: int, key: str, progress: Progress
+) -> None:
+    from ocistore.archive import apply_layer
+
+    layer = parts.layers[i]
+    lref = ref_key("layer", layer.digest)
+    try:
+        stream = store.content.open(layer.digest)
+    except errors.NotFound:
+        raise errors.NotFound(
+            f"layer {layer.digest} of image manifest {parts.manifest_desc.digest} is not in the content "
+            "store; fetch the image again"
+        ) from None
+    progress.emit(lref, layer.digest, "layer", "extracting", 0, layer.size)
+    overlay = sn.name == "overlayfs"
+    with stream:
+        result = apply_layer(
+            stream, sn.path(key), media_type=layer.media_type, overlay=overlay,
+            expected_diff_id=parts.diff_ids[i], expected_digest=layer.digest, expected_size=layer.size,
+            lower_dirs=sn.parents_paths(key) if overlay else (),
+            progress=(lambda n: progress.emit(lref, layer.digest, "layer", "extracting", n, layer.size))
+            if progress else None,
+        )
+    progress.emit(lref, layer.digest, "layer", "extracted", layer.size, layer.size)
+    del result
+
+
+def _commit(
+    store: Store, sn: Snapshotter, parts: ImageParts, i: int, key: str, labels: dict[str, str],
+    parent: str | None,
+) -> None:
+    chain = parts.chain_ids[i]
+    try:
+        sn.commit(chain, key, labels=labels, parent=parent)
+    except errors.AlreadyExists:
+        sn.remove(key)  # another unpack won the race: use its snapshot
+        return
+    layer = parts.layers[i]
+    if mt.compression_of(layer.media_type) != "none" and store.content.exists(layer.digest):
+        store.content.update(layer.digest, {UNCOMPRESSED: parts.diff_ids[i]}, [f"labels.{UNCOMPRESSED}"])
+
+
+def _unpack_one(
+    store: Store, sn: Snapshotter, parts: ImageParts, i: int, image_ref: str, cri: bool,
+    progress: Progress, sequential: bool,
+) -> None:
+    chains = parts.chain_ids
+    parent = chains[i - 1] if i > 0 else ""
+    prepared = _prepare(sn, parts, i, image_ref, cri, parent if sequential else "")
+    if prepared is None:
+        return
+    key, labels = prepared
+    try:
+        _apply(store, sn, parts, i, key, progress)
+        _commit(store, sn, parts, i, key, labels, None if sequential else (parent or None))
+    except BaseException:
+        _remove_quietly(sn, key)
+        raise
+
+
+def _remove_quietly(sn: Snapshotter, key: str) -> None:
+    try:
+        sn.remove(key)
+    except errors.NotFound:
+        pass
+
+
+def _unpack_parallel(
+    store: Store, sn: Snapshotter, parts: ImageParts, start: int, image_ref: str, cri: bool,
+    progress: Progress,
+) -> None:
+    """Apply layers ``start..`` concurrently into parentless snapshots; commit in order."""
+    chains = parts.chain_ids
+    prepared: dict[int, tuple[str, dict[str, str]]] = {}
+    try:
+        for i in range(start, len(chains)):
+            p = _prepare(sn, parts, i, image_ref, cri, "")
+            if p is not None:
+                prepared[i] = p
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_APPLY, max(1, len(prepared)))) as pool:
+            futures: dict[int, Future[None]] = {
+                i: pool.submit(_apply, store, sn, parts, i, key, progress) for i, (key, _l) in prepared.items()
+            }
+            for i in range(start, len(chains)):
+                if i not in prepared:
+                    continue
+                futures[i].result()
+                key, labels = prepared[i]
+                _commit(store, sn, parts, i, key, labels, chains[i - 1] if i > 0 else None)
+                del prepared[i]
+    finally:
+        for key, _labels in prepared.values():
+            _remove_quietly(sn, key)
