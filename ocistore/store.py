@@ -126,7 +126,7 @@ class Store:
     @contextmanager
     def lease(
         self, expire: timedelta | None = timedelta(hours=24), labels: Mapping[str, str] | None = None,
-        id: str | None = None,  # noqa: A002 - the contract's name
+        id: str | None = None,
     ) -> Iterator[Lease]:
         """Create a lease that this thread's operations join; deleted on exit."""
         from ocistore.metadata.leases import lease_context
@@ -217,7 +217,7 @@ class Store:
                                   snapshotter=snapshotter, all_platforms=all_platforms, progress=progress)
 
     def export_archive(self, path: str | os.PathLike[str], names: list[str] | str, platform: Any = None,
-                       all_platforms: bool = False, format: str = "oci") -> None:  # noqa: A002
+                       all_platforms: bool = False, format: str = "oci") -> None:
         """Write images as an OCI layout tar/dir or a docker-archive."""
         from ocistore.transfer.archive import export_archive
 

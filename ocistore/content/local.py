@@ -75,7 +75,7 @@ class LocalStore:
 
     def open(self, digest: str) -> BinaryIO:
         try:
-            return open(self.blob_path(digest), "rb")  # noqa: SIM115 - returned to the caller
+            return open(self.blob_path(digest), "rb")
         except FileNotFoundError:
             raise errors.NotFound(f"content {digest} not found (blob missing from the store)") from None
 

@@ -101,7 +101,7 @@ def filter_manifests(
         key = preference_key(matcher)
         with_p = [d for d in kept if d.platform is not None]
         without = [d for d in kept if d.platform is None]
-        kept = sorted(with_p, key=lambda d: key(d.platform)) + without
+        kept = sorted(with_p, key=lambda d: key(d.platform or Platform("", ""))) + without
     if limit > 0:
         if not kept:
             raise errors.NotFound("no match for platform in manifest")

@@ -85,7 +85,7 @@ class NamespacedContent:
             )
         with self.backend.open(digest) as f:
             data = f.read(info.size + 1)
-        from ocistore.oci.digest import digest_bytes, algorithm_of
+        from ocistore.oci.digest import algorithm_of, digest_bytes
 
         actual = digest_bytes(data, algorithm_of(digest))
         if actual != digest or len(data) != info.size:

@@ -83,7 +83,7 @@ class Txn:
 
     def get(self, table: str, k: bytes) -> Any:
         raw = self.raw.get(k, db=self._h(table))
-        return None if raw is None else json.loads(raw)
+        return None if raw is None else json.loads(bytes(raw))
 
     def has(self, table: str, k: bytes) -> bool:
         return self.raw.get(k, db=self._h(table)) is not None
@@ -100,19 +100,21 @@ class Txn:
             if not cur.set_range(pfx):
                 return
             for k, v in cur:
-                if not k.startswith(pfx):
+                kb = bytes(k)
+                if not kb.startswith(pfx):
                     break
-                yield bytes(k), json.loads(v)
+                yield kb, json.loads(bytes(v))
 
     def keys(self, table: str, pfx: bytes = b"") -> list[bytes]:
-        out = []
+        out: list[bytes] = []
         with self.raw.cursor(db=self._h(table)) as cur:
             if not cur.set_range(pfx):
                 return out
             for k in cur.iternext(keys=True, values=False):
-                if not k.startswith(pfx):
+                kb = bytes(k)
+                if not kb.startswith(pfx):
                     break
-                out.append(bytes(k))
+                out.append(kb)
         return out
 
     def delete_prefix(self, table: str, pfx: bytes) -> int:

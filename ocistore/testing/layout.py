@@ -14,6 +14,7 @@ import os
 import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ocistore.oci import mediatypes as mt
 
@@ -29,7 +30,9 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def build_layer(files: Mapping[str, File], compression: str = "gzip", mtime: int = 1_700_000_000) -> tuple[bytes, bytes]:
+def build_layer(
+    files: Mapping[str, File], compression: str = "gzip", mtime: int = 1_700_000_000
+) -> tuple[bytes, bytes]:
     """Return ``(blob, uncompressed tar)`` for a layer holding ``files`` (sorted by path)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
@@ -98,7 +101,9 @@ def write_layout(
     rootp.mkdir(parents=True, exist_ok=True)
     (rootp / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     index_path = rootp / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else {"schemaVersion": 2, "manifests": []}
+    index: dict[str, Any] = (
+        json.loads(index_path.read_text()) if index_path.exists() else {"schemaVersion": 2, "manifests": []}
+    )
     out = {}
     for name, layers in images.items():
         layer_descs, diff_ids = [], []

@@ -188,7 +188,9 @@ def import_archive(
 # -- export ------------------------------------------------------------------------------------------------
 
 
-def _blobs_for(store: Store, target: Descriptor, platform: Any, all_platforms: bool) -> tuple[Descriptor, list[Descriptor]]:
+def _blobs_for(
+    store: Store, target: Descriptor, platform: Any, all_platforms: bool
+) -> tuple[Descriptor, list[Descriptor]]:
     """The descriptor to list in index.json and every blob to write."""
     blobs: dict[str, Descriptor] = {}
 
@@ -227,7 +229,7 @@ def _blobs_for(store: Store, target: Descriptor, platform: Any, all_platforms: b
 
 def export_archive(
     store: Store, path: str | os.PathLike[str], names: list[str], *, platform: Any = None,
-    all_platforms: bool = False, format: str = "oci",  # noqa: A002
+    all_platforms: bool = False, format: str = "oci",
 ) -> None:
     """Write ``names`` as an OCI layout (tar, or a directory when ``path`` is an existing dir).
 

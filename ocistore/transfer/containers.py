@@ -8,6 +8,7 @@ find the chain committed when they get it).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -80,7 +81,7 @@ class Containers:
         return [self._wrap(r) for r in self._records.list()]
 
     def create(
-        self, id: str, image: str, snapshotter: str = "overlayfs",  # noqa: A002 - contract name
+        self, id: str, image: str, snapshotter: str = "overlayfs",
         labels: Mapping[str, str] | None = None, platform: Any = None,
     ) -> Container:
         """Create container ``id`` with a writable snapshot of ``image`` (unpacking it if needed)."""
@@ -115,7 +116,5 @@ class Containers:
     def delete(self, cid: str) -> None:
         """Delete the record and its active snapshot."""
         rec = self._records.delete(cid)
-        try:
+        with contextlib.suppress(errors.NotFound):
             self._store.snapshots(rec.snapshotter).remove(rec.snapshot_key)
-        except errors.NotFound:
-            pass

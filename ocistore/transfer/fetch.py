@@ -10,6 +10,7 @@ download it once: the second writer waits for the ref lock and then finds the bl
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -81,10 +82,8 @@ def fetch_blob(content: NamespacedContent, source: Source, desc: Descriptor, pro
         st = writer.status()
         if st.offset == desc.size and st.offset > 0 and writer.digest() == desc.digest:
             # a shared ingest (the root holds the blob) or a finished download: just commit
-            try:
+            with contextlib.suppress(errors.AlreadyExists):
                 writer.commit(desc.size, desc.digest, labels=source.blob_labels(desc))
-            except errors.AlreadyExists:
-                pass
             progress.emit(ref_key(kind, desc.digest), desc.digest, kind, "exists", desc.size, desc.size)
             return False
         progress.emit(ref_key(kind, desc.digest), desc.digest, kind, "downloading", st.offset, desc.size)
@@ -101,10 +100,8 @@ def fetch_blob(content: NamespacedContent, source: Source, desc: Descriptor, pro
 
 
 def _abort_quietly(content: NamespacedContent, ref: str) -> None:
-    try:
+    with contextlib.suppress(errors.NotFound, errors.Unavailable):
         content.abort(ref)
-    except (errors.NotFound, errors.Unavailable):
-        pass
 
 
 class _LabelledWriter:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -109,7 +110,5 @@ def discard_unpacked_layers(store: Store, manifest: Descriptor, layers: list[Des
         store.content.update(manifest.digest, {}, [f"labels.{k}" for k in drop])
     for layer in layers:
         if mt.is_layer(layer.media_type):
-            try:
+            with contextlib.suppress(errors.NotFound):
                 store.content.delete(layer.digest)
-            except errors.NotFound:
-                pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -45,10 +46,8 @@ def copy_into(src: BinaryIO, desc: Descriptor, writer: ContentWriter) -> None:
             f"blob {desc.digest} in the source is larger than its descriptor's {desc.size} bytes",
             expected=desc.digest,
         )
-    try:
+    with contextlib.suppress(errors.AlreadyExists):
         writer.commit(desc.size, desc.digest)
-    except errors.AlreadyExists:
-        pass
 
 
 class _Section(io.RawIOBase):
@@ -116,7 +115,7 @@ class TarIndex:
 
     def open(self, name: str) -> BinaryIO:
         m = self._resolve(name)
-        return io.BufferedReader(_Section(self._f.fileno(), m.offset_data, m.size))  # type: ignore[return-value]
+        return io.BufferedReader(_Section(self._f.fileno(), m.offset_data, m.size))
 
     def size(self, name: str) -> int:
         return self._resolve(name).size
@@ -145,7 +144,7 @@ class LayoutSource:
         if self.tar is not None:
             return self.tar.open(self._name(rel))
         try:
-            return open(self.path / rel, "rb")  # noqa: SIM115 - returned
+            return open(self.path / rel, "rb")
         except FileNotFoundError:
             raise errors.NotFound(f"{rel} not found in OCI layout {self.path}") from None
 

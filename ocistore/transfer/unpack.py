@@ -13,6 +13,7 @@ and the second one finds the work done.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -246,10 +247,8 @@ def _unpack_one(
 
 
 def _remove_quietly(sn: Snapshotter, key: str) -> None:
-    try:
+    with contextlib.suppress(errors.NotFound):
         sn.remove(key)
-    except errors.NotFound:
-        pass
 
 
 def _unpack_parallel(
