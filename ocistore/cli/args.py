@@ -1,0 +1,68 @@
+"""Parsing argument values shared by several verbs: labels, durations, multi-object loops."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+
+from ocistore import errors
+from ocistore.cli.context import Context, UsageError
+
+__all__ = ["add_json_flag", "for_each", "parse_duration", "parse_labels"]
+
+_UNIT_SECONDS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
+
+
+def add_json_flag(p: argparse.ArgumentParser) -> None:
+    """A verb-level ``--json`` (the same as the global one; absent means "keep the global value")."""
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+
+
+def parse_labels(items: Iterable[str], allow_empty: bool = True) -> dict[str, str]:
+    """``["a=1", "b="]`` -> ``{"a": "1", "b": ""}``; an item without ``=`` is a usage error."""
+    labels: dict[str, str] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise UsageError(f"label {item!r} is not of the form KEY=VALUE")
+        if not v and not allow_empty:
+            raise UsageError(f"label {k!r} needs a value")
+        labels[k] = v
+    return labels
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """A Go-style duration (``24h``, ``1h30m``, ``90s``, ``2d``); ``0`` means none."""
+    s = text.strip()
+    if s in ("0", ""):
+        return None
+    pos = 0
+    seconds = 0.0
+    for m in _DURATION_PART.finditer(s):
+        if m.start() != pos:
+            break
+        seconds += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or pos == 0:
+        raise UsageError(f"invalid duration {text!r}: use a number and a unit, such as 24h, 90m or 1h30m")
+    return timedelta(seconds=seconds)
+
+
+def for_each(ctx: Context, items: Iterable[str], action: Callable[[str], None]) -> int:
+    """Run ``action`` on each item; report each failure on its own line and go on.
+
+    Returns 0 when all succeeded, 1 otherwise (as ``ctr ... rm A B C`` does).
+    """
+    status = 0
+    for item in items:
+        try:
+            action(item)
+        except errors.Error as err:
+            ctx.report(err, item)
+            status = 1
+    return status

@@ -1,0 +1,89 @@
+"""``ocistore containers ...``: container records and their root filesystem snapshots."""
+
+from __future__ import annotations
+
+import argparse
+
+from ocistore.cli import pull
+from ocistore.cli.args import for_each, parse_labels
+from ocistore.cli.context import Context
+from ocistore.cli.output import format_labels, print_json, print_table
+from ocistore.cli.snapshots import mount_commands
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``containers`` group (alias ``container``, ``c``) and its verbs."""
+    group = sub.add_parser("containers", aliases=["container", "c"],
+                           help="containers: create (unpacking lazily), list, remove")
+    verbs = group.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    p = verbs.add_parser("create", help="create container ID with a writable snapshot of IMAGE")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("image", metavar="IMAGE")
+    pull.add_snapshotter_argument(p)
+    pull.add_platform_argument(p)
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label the container")
+    p.set_defaults(func=cmd_create)
+
+    p = verbs.add_parser("ls", aliases=["list"], help="list containers")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only ids")
+    p.set_defaults(func=cmd_ls)
+
+    p = verbs.add_parser("rm", aliases=["remove", "delete", "del"],
+                         help="delete containers and their snapshots")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(func=cmd_rm)
+
+    p = verbs.add_parser("mounts", help="print the mount command(s) of a container's root filesystem")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("id", metavar="ID")
+    p.set_defaults(func=cmd_mounts)
+
+
+def _container_json(c: object) -> dict[str, object]:
+    return {name: getattr(c, name) for name in
+            ("id", "image", "snapshotter", "snapshot_key", "labels", "created_at", "updated_at")}
+
+
+def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
+    """``containers create ID IMAGE``: unpacks the image first if it was only fetched."""
+    labels = parse_labels(args.label, allow_empty=False)
+    container = ctx.store.containers.create(args.id, args.image, snapshotter=args.snapshotter,
+                                            labels=labels or None, platform=args.platform)
+    if ctx.json:
+        print_json(ctx.stdout, _container_json(container))
+    else:
+        ctx.out(container.id)
+    return 0
+
+
+def cmd_ls(ctx: Context, args: argparse.Namespace) -> int:
+    """``containers ls``: CONTAINER IMAGE SNAPSHOTTER LABELS."""
+    containers = sorted(ctx.store.containers.list(), key=lambda c: c.id)
+    if ctx.json:
+        print_json(ctx.stdout, [_container_json(c) for c in containers])
+    elif args.quiet:
+        for c in containers:
+            ctx.out(c.id)
+    else:
+        print_table(ctx.stdout, ("CONTAINER", "IMAGE", "SNAPSHOTTER", "LABELS"),
+                    [(c.id, c.image, c.snapshotter, format_labels(c.labels)) for c in containers])
+    return 0
+
+
+def cmd_rm(ctx: Context, args: argparse.Namespace) -> int:
+    """``containers rm ID...``."""
+    return for_each(ctx, args.ids, ctx.store.containers.delete)
+
+
+def cmd_mounts(ctx: Context, args: argparse.Namespace) -> int:
+    """``containers mounts TARGET ID``."""
+    mounts = ctx.store.containers.get(args.id).mounts
+    if ctx.json:
+        print_json(ctx.stdout, mounts)
+    else:
+        for line in mount_commands(mounts, args.target):
+            ctx.out(line)
+    return 0

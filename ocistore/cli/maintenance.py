@@ -1,0 +1,70 @@
+"""``ocistore gc``, ``du`` and ``check``: whole-root maintenance."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import attrs
+
+from ocistore.cli.args import add_json_flag
+from ocistore.cli.context import Context
+from ocistore.cli.output import human_size, print_json, print_table
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``gc``, ``du`` and ``check``."""
+    p = sub.add_parser("gc", help="remove everything no image, container, lease or root label keeps")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("du", help="bytes on disk: content, ingests, snapshots, metadata")
+    p.add_argument("--bytes", "-b", action="store_true", help="sizes in bytes")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_du)
+
+    p = sub.add_parser("check", help="verify blobs, records and snapshot chains (exit 1 on problems)")
+    p.add_argument("--repair", action="store_true", help="remove orphaned blobs and snapshot directories")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_check)
+
+
+
+def cmd_gc(ctx: Context, args: argparse.Namespace) -> int:
+    """``gc``: one line of what was removed."""
+    stats = ctx.store.gc()
+    if ctx.json:
+        print_json(ctx.stdout, stats)
+    else:
+        ctx.out(f"removed {stats.removed_content} blobs and {stats.removed_snapshots} snapshots, "
+                f"freed {human_size(stats.bytes_freed)} in {stats.duration:.2f} s")
+    return 0
+
+
+def cmd_du(ctx: Context, args: argparse.Namespace) -> int:
+    """``du``: the DiskUsage fields (integers in JSON)."""
+    usage = ctx.store.disk_usage()
+    fields = {k: int(v) for k, v in attrs.asdict(usage).items()}
+    if ctx.json:
+        print_json(ctx.stdout, fields)
+        return 0
+    size: Callable[[int], str] = str if args.bytes else human_size
+    print_table(ctx.stdout, ("WHAT", "SIZE"), [(k.upper(), size(v)) for k, v in fields.items()])
+    return 0
+
+
+def cmd_check(ctx: Context, args: argparse.Namespace) -> int:
+    """``check [--repair]``: ``ok``, or one line per problem; exit 1 while problems remain."""
+    report = ctx.store.check(repair=args.repair)
+    if ctx.json:
+        print_json(ctx.stdout, report)
+    else:
+        for line in getattr(report, "repaired", []):
+            ctx.out(f"repaired: {line}")
+        for line in report.problems:
+            ctx.out(f"problem: {line}")
+        if report.ok:
+            ctx.out("ok")
+    return 0 if report.ok else 1

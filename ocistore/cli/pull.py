@@ -1,0 +1,131 @@
+"""``fetch`` and ``pull`` (shared by ``content fetch``, ``images fetch`` and ``images pull``)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ocistore.cli.context import Context, UsageError
+from ocistore.cli.describe import image_json
+from ocistore.cli.output import print_json
+from ocistore.cli.progress import ProgressPrinter
+from ocistore.cli.registry import add_registry_options, registry_options
+from ocistore.metadata.images import Image
+from ocistore.transfer.pull import DEFAULT_THRESHOLD
+
+__all__ = [
+    "DEFAULT_UNPACK_THRESHOLD",
+    "add_fetch_arguments",
+    "add_platform_argument",
+    "add_pull_arguments",
+    "add_snapshotter_argument",
+    "cmd_fetch",
+    "cmd_pull",
+    "parse_size",
+    "progress_of",
+    "size_arg",
+]
+
+DEFAULT_UNPACK_THRESHOLD = DEFAULT_THRESHOLD
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)", re.IGNORECASE)
+_FACTOR = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"500M"``, ``"1GiB"``, ``"1.5g"`` or plain bytes (binary units)."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise UsageError(f"invalid size {text!r}: use bytes or a number with K, M, G or T")
+    return int(float(m.group(1)) * _FACTOR[m.group(2).lower()])
+
+
+def size_arg(text: str) -> int:
+    """:func:`parse_size` as an argparse ``type`` (a bad value is a usage error)."""
+    try:
+        return parse_size(text)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+@contextmanager
+def progress_of(ctx: Context) -> Iterator[ProgressPrinter | None]:
+    """A progress printer for one operation, closed (final frame drawn) afterwards."""
+    printer = ctx.progress()
+    try:
+        yield printer
+    finally:
+        if printer is not None:
+            printer.close()
+
+
+def add_platform_argument(p: argparse.ArgumentParser) -> None:
+    """``--platform OS/ARCH[/VARIANT]`` (default: the host's)."""
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform (default: this host's)")
+
+
+def add_snapshotter_argument(p: argparse.ArgumentParser) -> None:
+    """``--snapshotter NAME`` (default: overlayfs)."""
+    p.add_argument("--snapshotter", default="overlayfs", help="snapshotter (default: overlayfs)")
+
+
+def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
+    """REF, platform selection and registry options."""
+    p.add_argument("ref", metavar="REF", help="image reference, e.g. docker.io/library/debian:12")
+    add_platform_argument(p)
+    p.add_argument("--all-platforms", action="store_true", help="fetch every platform of an index")
+    p.add_argument("--non-strict", action="store_true",
+                   help="also accept compatible platforms (amd64 takes 386, arm64 takes arm/v8 ...)")
+    add_registry_options(p)
+
+
+def add_pull_arguments(p: argparse.ArgumentParser) -> None:
+    """REF, snapshotter, platform, unpack policy and registry options."""
+    p.add_argument("ref", metavar="REF", help="image reference, e.g. docker.io/library/debian:12")
+    add_snapshotter_argument(p)
+    add_platform_argument(p)
+    p.add_argument("--unpack", choices=("always", "never", "auto"), default="always",
+                   help="always unpack (default), never (fetch only), or auto: unpack only images "
+                        "smaller than --unpack-threshold")
+    p.add_argument("--unpack-threshold", type=size_arg, default=DEFAULT_UNPACK_THRESHOLD, metavar="SIZE",
+                   help=f"compressed size limit for --unpack auto (default: {DEFAULT_THRESHOLD >> 20}M)")
+    p.add_argument("--non-strict", action="store_true", help="also accept compatible platforms")
+    p.add_argument("--discard-layers", action="store_true",
+                   help="drop the compressed layer blobs once unpacked (they go at the next gc)")
+    add_registry_options(p)
+
+
+def _print_result(ctx: Context, image: Image, unpacked: bool | None = None) -> None:
+    if ctx.json:
+        obj = image_json(ctx.store, image)
+        if unpacked is not None:
+            obj["unpacked"] = unpacked
+        print_json(ctx.stdout, obj)
+        return
+    suffix = "" if unpacked is None else (" (unpacked)" if unpacked else " (fetched only)")
+    ctx.out(f"{image.name} {image.target.digest}{suffix}")
+
+
+def cmd_fetch(ctx: Context, args: argparse.Namespace) -> int:
+    """Download the image's blobs for the platform(s) and record it; nothing is unpacked."""
+    options = registry_options(ctx, args, args.ref)
+    with progress_of(ctx) as progress:
+        image = ctx.store.fetch(args.ref, platform=args.platform, strict=not args.non_strict,
+                                all_platforms=args.all_platforms, progress=progress, **options)
+    _print_result(ctx, image)
+    return 0
+
+
+def cmd_pull(ctx: Context, args: argparse.Namespace) -> int:
+    """Fetch one platform and unpack it, subject to ``--unpack`` (always, never, auto)."""
+    options = registry_options(ctx, args, args.ref)
+    store = ctx.store
+    with progress_of(ctx) as progress:
+        image = store.pull(args.ref, snapshotter=args.snapshotter, platform=args.platform,
+                           progress=progress, strict=not args.non_strict, unpack=args.unpack,
+                           threshold=args.unpack_threshold, discard_layers=args.discard_layers, **options)
+    unpacked = args.unpack == "always" or store.is_unpacked(image.name, snapshotter=args.snapshotter,
+                                                            platform=args.platform)
+    _print_result(ctx, image, unpacked)
+    return 0

@@ -1,0 +1,470 @@
+"""The ``ocistore`` command line, run for real on temporary roots.
+
+Most tests call :func:`ocistore.cli.main` in-process with captured streams (fast); a few
+run ``python -m ocistore.cli`` as a subprocess to see exit codes and stderr as a user does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from ocistore.cli import main
+from ocistore.cli.app import default_root
+from ocistore.cli.args import parse_duration
+from ocistore.cli.context import Context
+from ocistore.cli.output import human_duration, human_size, print_table
+from ocistore.cli.progress import ProgressPrinter
+from ocistore.cli.registry import registry_options
+from ocistore.cli.snapshots import tree_lines
+from ocistore.oci.reference import parse_reference
+from ocistore.snapshots.types import Kind, SnapshotInfo
+from ocistore.transfer.progress import ProgressEvent
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@attrs.frozen
+class Result:
+    code: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode()
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def run(root: Path, *argv: str, stdin: bytes = b"") -> Result:
+    """``ocistore --root ROOT ARGV...`` in this process."""
+    out_buf, in_buf = io.BytesIO(), io.BytesIO(stdin)
+    stdout = io.TextIOWrapper(out_buf, encoding="utf-8", write_through=True)
+    stdin_text = io.TextIOWrapper(in_buf, encoding="utf-8")
+    stderr = io.StringIO()
+    from ocistore.cli.app import main as app_main
+
+    code = app_main(["--root", str(root), *argv], stdout=stdout, stderr=stderr, stdin=stdin_text)
+    stdout.flush()
+    return Result(code, out_buf.getvalue(), stderr.getvalue())
+
+
+def run_process(*argv: str, env: dict[str, str] | None = None,
+                stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """``python -m ocistore.cli ARGV...`` as a separate process."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OCISTORE_")}
+    full_env["PYTHONPATH"] = str(REPO)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "ocistore.cli", *argv], input=stdin, capture_output=True,
+                          env=full_env, timeout=300, check=False)
+
+
+def ok(result: Result) -> Result:
+    assert result.code == 0, result.stderr
+    return result
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _layout(corpus_dir: Path, dest: Path, refs: list[str]) -> Path:
+    """A layout naming only ``refs`` of the corpus (blobs linked, not copied)."""
+    index = json.loads((corpus_dir / "index.json").read_text())
+    index["manifests"] = [d for d in index["manifests"]
+                          if d.get("annotations", {}).get("org.opencontainers.image.ref.name") in refs]
+    dest.mkdir()
+    (dest / "index.json").write_text(json.dumps(index))
+    (dest / "oci-layout").write_text((corpus_dir / "oci-layout").read_text())
+    (dest / "blobs").symlink_to(corpus_dir / "blobs")
+    return dest
+
+
+# -- helpers that need no store ------------------------------------------------------------------------
+def test_default_root_follows_env_then_user() -> None:
+    assert default_root({"OCISTORE_ROOT": "/x/y"}, euid=1000) == Path("/x/y")
+    assert default_root({"OCISTORE_ROOT": "/x/y"}, euid=0) == Path("/x/y")
+    assert default_root({}, euid=0) == Path("/var/lib/ocistore")
+    assert default_root({"HOME": "/home/u"}, euid=1000) == Path("/home/u/.local/share/ocistore")
+    assert default_root({"HOME": "/home/u", "XDG_DATA_HOME": "/d"}, euid=1000) == Path("/d/ocistore")
+
+
+def test_root_option_wins_over_env(tmp_path: Path) -> None:
+    env_root, opt_root = tmp_path / "env", tmp_path / "opt"
+    p = run_process("--root", str(opt_root), "content", "ls", env={"OCISTORE_ROOT": str(env_root)})
+    assert p.returncode == 0, p.stderr
+    assert (opt_root / "metadata.lmdb").exists() and not env_root.exists()
+    p = run_process("content", "ls", env={"OCISTORE_ROOT": str(env_root)})
+    assert p.returncode == 0, p.stderr
+    assert (env_root / "metadata.lmdb").exists()
+
+
+def test_human_formats() -> None:
+    assert human_size(326) == "326.0 B"
+    assert human_size(30298107) == "28.9 MiB"
+    assert human_duration(0.2) == "Less than a second"
+    assert human_duration(75) == "About a minute"
+    assert human_duration(3 * 3600) == "3 hours"
+    assert parse_duration("24h").total_seconds() == 86400  # type: ignore[union-attr]
+    assert parse_duration("1h30m").total_seconds() == 5400  # type: ignore[union-attr]
+    assert parse_duration("0") is None
+    out = io.StringIO()
+    print_table(out, ("A", "BB"), [("xxx", "y"), ("z", "")])
+    assert out.getvalue().splitlines() == ["A   BB", "xxx y", "z"]
+
+
+def test_progress_plain_prints_each_status_once() -> None:
+    out = io.StringIO()
+    p = ProgressPrinter(out, tty=False)
+    for status, offset in (("downloading", 0), ("downloading", 5), ("complete", 10)):
+        p(ProgressEvent(ref="layer-sha256:" + "a" * 64, digest="sha256:" + "a" * 64, kind="layer",
+                        status=status, offset=offset, total=10))
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert lines == [f"layer-sha256:{'a' * 64}: downloading", f"layer-sha256:{'a' * 64}: complete 10.0 B"]
+
+
+def test_progress_on_a_terminal_redraws_in_place() -> None:
+    out = io.StringIO()
+    clock = iter(float(i) for i in range(100))
+    p = ProgressPrinter(out, tty=True, clock=lambda: next(clock))
+    ref = "layer-sha256:" + "b" * 64
+    p(ProgressEvent(ref=ref, digest="sha256:" + "b" * 64, kind="layer", status="downloading", total=100))
+    p(ProgressEvent(ref=ref, digest="sha256:" + "b" * 64, kind="layer", status="downloading", offset=50,
+                    total=100))
+    p.close()
+    text = out.getvalue()
+    assert "\x1b[2A" in text  # moved back up over the object line and the summary line
+    assert "layer-sha256:bbbbbbbbbbbb: downloading" in text
+    assert "elapsed:" in text
+
+
+def test_tree_lines_like_ctr() -> None:
+    infos = [SnapshotInfo("a", "", Kind.COMMITTED), SnapshotInfo("b", "a", Kind.COMMITTED),
+             SnapshotInfo("c", "b", Kind.ACTIVE), SnapshotInfo("d", "a", Kind.VIEW)]
+    assert tree_lines(infos) == [" a", "  \\_ b", "    \\_ c", "  \\_ d"]
+
+
+def test_user_option_reads_password_from_stdin(tmp_path: Path) -> None:
+    from ocistore.cli.app import build_parser
+
+    args = build_parser().parse_args(["images", "fetch", "--user", "alice", "--plain-http",
+                                      "127.0.0.1:5000/debian:gzip"])
+    ctx = Context(tmp_path, "default", stdin=io.StringIO("s3cret\n"), stderr=io.StringIO())
+    opts = registry_options(ctx, args, args.ref)
+    assert opts["plain_http"] is True
+    assert opts["credentials"]["127.0.0.1:5000"] == ("alice", "s3cret")
+    args = build_parser().parse_args(["images", "pull", "-u", "bob:pw", "docker.io/library/debian:12"])
+    creds = registry_options(ctx, args, args.ref)["credentials"]
+    assert creds["docker.io"] == creds["registry-1.docker.io"] == ("bob", "pw")
+
+
+# -- content --------------------------------------------------------------------------------------------------
+def test_content_ingest_ls_get_label_rm(tmp_path: Path) -> None:
+    data = b"hello, ocistore\n"
+    digest = ok(run(tmp_path, "content", "ingest", "--label", "team=a", "-", stdin=data)).out.strip()
+    assert digest == _sha(data)
+
+    listing = ok(run(tmp_path, "content", "ls")).out.splitlines()
+    assert listing[0].split() == ["DIGEST", "SIZE", "AGE", "LABELS"]
+    assert any(line.startswith(digest) and "team=a" in line for line in listing[1:])
+    [info] = ok(run(tmp_path, "--json", "content", "ls")).json()
+    assert info["digest"] == digest and info["size"] == len(data) and info["labels"] == {"team": "a"}
+
+    assert ok(run(tmp_path, "content", "get", digest)).stdout == data
+
+    ok(run(tmp_path, "content", "label", digest, "owner=me", "team="))
+    [info] = ok(run(tmp_path, "--json", "content", "ls")).json()
+    assert info["labels"] == {"owner": "me"}
+
+    ok(run(tmp_path, "content", "rm", digest))
+    assert ok(run(tmp_path, "content", "ls", "-q")).out == ""
+    missing = run(tmp_path, "content", "get", digest)
+    assert missing.code == 1
+    assert len(missing.stderr.splitlines()) == 1 and digest in missing.stderr
+
+
+def test_content_ingest_file_with_expected_digest(tmp_path: Path) -> None:
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(3000))
+    root = tmp_path / "root"
+    good = ok(run(root, "--json", "content", "ingest", "--expected", _sha(blob.read_bytes()), str(blob)))
+    assert good.json() == {"digest": _sha(blob.read_bytes()), "size": 3000}
+    bad = run(root, "content", "ingest", "--expected", _sha(b"other"), "-", stdin=b"not it")
+    assert bad.code == 1 and len(bad.stderr.splitlines()) == 1
+    assert ok(run(root, "content", "active")).out.splitlines()[0].split() == ["REF", "SIZE", "AGE"]
+
+
+def test_content_rm_reports_each_missing_digest(tmp_path: Path) -> None:
+    d = ok(run(tmp_path, "content", "ingest", stdin=b"x")).out.strip()
+    missing = "sha256:" + "0" * 64
+    r = run(tmp_path, "content", "rm", missing, d)
+    assert r.code == 1
+    assert r.stderr.count("\n") == 1 and missing in r.stderr
+    assert ok(run(tmp_path, "content", "ls", "-q")).out == ""
+
+
+# -- images from the corpus ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fetched_root(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> Path:
+    """A root with the whole corpus imported fetch-only (shared; tests must not change it)."""
+    root = tmp_path_factory.mktemp("cli-corpus") / "root"
+    r = run(root, "images", "import", "--fetch-only", str(corpus_dir))
+    assert r.code == 0, r.stderr
+    return root
+
+
+def _expected_names(corpus: dict[str, Any]) -> dict[str, str]:
+    return {str(parse_reference(ref)): img["digest"] for ref, img in corpus["images"].items()}
+
+
+def test_import_fetch_only_then_images_ls_json(fetched_root: Path, corpus: dict[str, Any]) -> None:
+    listed = ok(run(fetched_root, "images", "ls", "--json")).json()
+    assert {i["name"]: i["digest"] for i in listed} == _expected_names(corpus)
+    by_name = {i["name"]: i for i in listed}
+    gz = by_name["docker.io/library/debian:gzip"]
+    assert gz["media_type"] == corpus["images"]["debian:gzip"]["mediaType"]
+    assert isinstance(gz["size"], int) and gz["size"] > corpus["images"]["debian:gzip"]["layers"][0]["size"]
+    assert gz["platforms"] == ["linux/amd64"] and gz["labels"] == {}
+    assert gz["created_at"].endswith("Z")
+    # the global flag works the same
+    assert ok(run(fetched_root, "--json", "images", "ls")).json() == listed
+
+
+def test_images_ls_table_and_quiet(fetched_root: Path, corpus: dict[str, Any]) -> None:
+    lines = ok(run(fetched_root, "images", "ls")).out.splitlines()
+    assert lines[0].split() == ["REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS", "LABELS"]
+    assert len(lines) == 1 + len(corpus["images"])
+    gz = next(line for line in lines if line.startswith("docker.io/library/debian:gzip "))
+    assert "28.9 MiB" in gz and "linux/amd64" in gz
+    assert lines[1].index("application/") == lines[0].index("TYPE")  # aligned columns
+    quiet = ok(run(fetched_root, "images", "ls", "-q")).out.split()
+    assert sorted(quiet) == sorted(_expected_names(corpus))
+
+
+def test_images_size_matches_corpus(fetched_root: Path, corpus: dict[str, Any]) -> None:
+    img = corpus["images"]["debian:gzip"]
+    expected = img["size"] + img["config"]["size"] + sum(layer["size"] for layer in img["layers"])
+    [entry] = ok(run(fetched_root, "images", "size", "--json", "debian:gzip")).json()
+    assert entry == {"name": "docker.io/library/debian:gzip", "size": expected}
+    table = ok(run(fetched_root, "images", "size", "debian:gzip")).out.splitlines()
+    assert table[0].split() == ["REF", "SIZE", "BYTES"] and table[1].endswith(str(expected))
+
+
+def test_images_check_fetched_is_complete_not_unpacked(fetched_root: Path) -> None:
+    rows = ok(run(fetched_root, "images", "check", "--json")).json()
+    assert rows and all(r["complete"] and not r["unpacked"] for r in rows)
+    lines = ok(run(fetched_root, "images", "check", "debian:zstd")).out.splitlines()
+    assert lines[0].split() == ["REF", "TYPE", "DIGEST", "STATUS", "SIZE", "UNPACKED"]
+    assert "complete" in lines[1] and lines[1].endswith("false")
+
+
+def test_du_json_is_integers(fetched_root: Path, corpus: dict[str, Any]) -> None:
+    usage = ok(run(fetched_root, "du", "--json")).json()
+    assert set(usage) == {"content", "ingest", "snapshots", "metadata", "total"}
+    assert all(type(v) is int for v in usage.values())
+    blobs = sum(layer["size"] for img in corpus["images"].values() for layer in img.get("layers", []))
+    assert usage["content"] >= corpus["images"]["debian:gzip"]["layers"][0]["size"]
+    assert usage["total"] >= usage["content"] + usage["metadata"]
+    assert blobs > 0
+    table = ok(run(fetched_root, "du")).out.splitlines()
+    assert table[0].split() == ["WHAT", "SIZE"] and table[-1].startswith("TOTAL")
+
+
+def test_missing_image_is_one_line_exit_1(fetched_root: Path) -> None:
+    for argv in (["images", "rm", "nope:missing"], ["images", "unpack", "nope:missing"],
+                 ["images", "size", "nope:missing"], ["containers", "create", "c", "nope:missing"]):
+        r = run(fetched_root, *argv)
+        assert r.code == 1, argv
+        assert len(r.stderr.splitlines()) == 1 and "nope" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+
+
+# -- lazy unpack, snapshots, gc, check on a root of their own ------------------------------------------------
+def test_container_create_unpacks_lazily(tmp_path: Path, corpus_dir: Path, corpus: dict[str, Any]) -> None:
+    root = tmp_path / "root"
+    layout = _layout(corpus_dir, tmp_path / "layout", ["debian:gzip"])
+    imported = ok(run(root, "images", "import", "--fetch-only", str(layout))).out.splitlines()
+    layer = corpus["images"]["debian:gzip"]["layers"][0]["digest"]
+    assert f"layer-{layer}: complete 28.9 MiB" in imported  # progress: plain lines off a terminal
+    assert imported[-1].split() == ["docker.io/library/debian:gzip", corpus["images"]["debian:gzip"]["digest"]]
+    assert ok(run(root, "snapshots", "ls")).out.splitlines()[1:] == []
+
+    assert ok(run(root, "containers", "create", "c1", "debian:gzip")).out.strip() == "c1"
+    chain = corpus["images"]["debian:gzip"]["chain_id"]
+    snaps = {s["name"]: s for s in ok(run(root, "--json", "snapshots", "ls")).json()}
+    assert snaps[chain]["kind"] == "committed"
+    assert snaps["c1"]["kind"] == "active" and snaps["c1"]["parent"] == chain
+    table = ok(run(root, "snapshots", "ls")).out.splitlines()
+    assert table[0].split() == ["KEY", "PARENT", "KIND"]
+    assert any(line.split() == ["c1", chain, "Active"] for line in table)
+    assert ok(run(root, "snapshots", "tree")).out.splitlines() == [f" {chain}", "  \\_ c1"]
+
+    [row] = ok(run(root, "images", "check", "--json", "debian:gzip")).json()
+    assert row["unpacked"] is True
+    [c] = ok(run(root, "--json", "containers", "ls")).json()
+    assert c["id"] == "c1" and c["image"] == "docker.io/library/debian:gzip" and c["snapshotter"] == "overlayfs"
+    mounts = ok(run(root, "snapshots", "mounts", "/mnt/c1", "c1")).out.splitlines()
+    assert mounts and mounts[0].startswith("mount -t overlay overlay /mnt/c1 -o ")
+    usage = ok(run(root, "--json", "snapshots", "usage", chain)).json()
+    assert usage[0]["size"] > 0 and usage[0]["inodes"] > 1000
+
+    ok(run(root, "containers", "rm", "c1"))
+    assert ok(run(root, "containers", "ls", "-q")).out == ""
+    ok(run(root, "images", "rm", "debian:gzip"))
+    stats = ok(run(root, "gc", "--json")).json()
+    assert set(stats) >= {"removed_content", "removed_snapshots", "bytes_freed", "duration"}
+    assert stats["removed_snapshots"] >= 1 and stats["removed_content"] >= 3
+    assert ok(run(root, "content", "ls", "-q")).out == ""
+    assert ok(run(root, "check")).out.strip().splitlines()[-1] == "ok"
+    assert ok(run(root, "--json", "check")).json()["ok"] is True
+
+
+def test_images_unpack_tag_rm_and_export_import(tmp_path: Path, corpus_dir: Path,
+                                                corpus: dict[str, Any]) -> None:
+    root = tmp_path / "root"
+    layout = _layout(corpus_dir, tmp_path / "layout", ["multi:index"])
+    ok(run(root, "images", "import", "--fetch-only", "--all-platforms", str(layout)))
+    name = "docker.io/library/multi:index"
+    platforms = ok(run(root, "images", "ls", "--json")).json()[0]["platforms"]
+    assert len(platforms) > 1 and "linux/amd64" in platforms
+    chain = ok(run(root, "images", "unpack", "--snapshotter", "native", "multi:index")).out.splitlines()[-1]
+    assert chain.startswith("sha256:")
+    assert chain in ok(run(root, "snapshots", "--snapshotter", "native", "ls")).out
+
+    assert ok(run(root, "images", "tag", "multi:index", "example.com/copy:1")).out.strip() == \
+        "example.com/copy:1"
+    again = run(root, "images", "tag", name, "example.com/copy:1")
+    assert again.code == 1 and "--force" in again.stderr
+    ok(run(root, "images", "tag", "--force", name, "example.com/copy:1"))
+
+    out = tmp_path / "out.tar"
+    ok(run(root, "images", "export", "--all-platforms", str(out), "example.com/copy:1"))
+    with tarfile.open(out) as tar:
+        assert {"index.json", "oci-layout"} <= set(tar.getnames())
+    other = tmp_path / "other"
+    imported = ok(run(other, "--json", "images", "import", "--fetch-only", str(out))).json()
+    assert [i["name"] for i in imported] == ["example.com/copy:1"]
+    assert imported[0]["digest"] == corpus["images"]["multi:index"]["digest"]
+
+    ok(run(root, "images", "rm", "--sync", name, "example.com/copy:1"))
+    assert ok(run(root, "images", "ls", "-q")).out == ""
+
+
+def test_images_export_to_stdout_and_import_from_stdin(tmp_path: Path, corpus_dir: Path) -> None:
+    root = tmp_path / "root"
+    ok(run(root, "images", "import", "--fetch-only", str(_layout(corpus_dir, tmp_path / "l", ["multi:index"]))))
+    tar_bytes = ok(run(root, "images", "export", "-", "multi:index")).stdout
+    assert tarfile.is_tarfile(io.BytesIO(tar_bytes))
+    other = tmp_path / "other"
+    last = ok(run(other, "images", "import", "--fetch-only", "-", stdin=tar_bytes)).out.splitlines()[-1]
+    assert last.split()[0] == "docker.io/library/multi:index"
+
+
+def test_snapshot_verbs_native(tmp_path: Path) -> None:
+    sn = ("snapshots", "--snapshotter", "native")
+    mounts = ok(run(tmp_path, *sn, "prepare", "--target", "/mnt/x", "base-work")).out.splitlines()
+    assert len(mounts) == 1 and mounts[0].startswith("mount -t bind ") and " /mnt/x" in mounts[0]
+    ok(run(tmp_path, *sn, "commit", "--label", "k=v", "base", "base-work"))
+    ok(run(tmp_path, *sn, "view", "v1", "base"))
+    ok(run(tmp_path, *sn, "prepare", "w1", "base"))
+    info = ok(run(tmp_path, *sn, "info", "base")).json()
+    assert info["kind"] == "committed" and info["labels"] == {"k": "v"}
+    assert ok(run(tmp_path, *sn, "tree")).out.splitlines() == [" base", "  \\_ v1", "  \\_ w1"]
+    usage = ok(run(tmp_path, *sn, "usage", "--bytes")).out.splitlines()
+    assert usage[0].split() == ["KEY", "SIZE", "INODES"] and len(usage) == 4
+    busy = run(tmp_path, *sn, "rm", "base")
+    assert busy.code == 1 and len(busy.stderr.splitlines()) == 1
+    ok(run(tmp_path, *sn, "rm", "v1", "w1", "base"))
+    assert ok(run(tmp_path, "--json", *sn, "ls")).json() == []
+    bad_parent = run(tmp_path, *sn, "prepare", "x", "no-such-parent")
+    assert bad_parent.code == 1 and "no-such-parent" in bad_parent.stderr
+
+
+# -- leases, gc, check ---------------------------------------------------------------------------------------
+def test_leases_create_ls_rm(tmp_path: Path) -> None:
+    assert ok(run(tmp_path, "leases", "create", "--id", "l1", "--expire", "1h", "--label", "a=b")).out == "l1\n"
+    random_id = ok(run(tmp_path, "leases", "create", "--expire", "0")).out.strip()
+    leases = {lease["id"]: lease for lease in ok(run(tmp_path, "--json", "leases", "ls")).json()}
+    assert set(leases) == {"l1", random_id}
+    assert leases["l1"]["labels"]["a"] == "b" and "containerd.io/gc.expire" in leases["l1"]["labels"]
+    assert "containerd.io/gc.expire" not in leases[random_id]["labels"]
+    assert ok(run(tmp_path, "leases", "ls")).out.splitlines()[0].split() == ["ID", "CREATED", "AT", "LABELS"]
+    dup = run(tmp_path, "leases", "create", "--id", "l1")
+    assert dup.code == 1 and "l1" in dup.stderr
+    ok(run(tmp_path, "leases", "rm", "--sync", "l1", random_id))
+    assert ok(run(tmp_path, "leases", "ls", "-q")).out == ""
+
+
+def test_gc_and_check_on_empty_root(tmp_path: Path) -> None:
+    assert ok(run(tmp_path, "gc")).out.startswith("removed 0 blobs and 0 snapshots")
+    assert ok(run(tmp_path, "check")).out.strip() == "ok"
+    assert ok(run(tmp_path, "check", "--repair")).out.strip() == "ok"
+
+
+# -- exit codes as a user sees them ------------------------------------------------------------------------
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    for argv in (["images"], ["images", "bogus"], ["content", "get"], ["--no-such-flag", "gc"],
+                 ["leases", "create", "--expire", "soon"], ["content", "label", "sha256:" + "1" * 64, "nokv"],
+                 ["images", "pull", "--unpack", "sometimes", "x"]):
+        r = run(tmp_path, *argv)
+        assert r.code == 2, argv
+    assert run(tmp_path, "--help").code == 0
+
+
+def test_subprocess_error_is_one_line_without_traceback(tmp_path: Path) -> None:
+    p = run_process("--root", str(tmp_path), "images", "rm", "example.com/missing:1")
+    assert p.returncode == 1
+    err = p.stderr.decode()
+    assert err.count("\n") == 1 and "example.com/missing:1" in err and "Traceback" not in err
+    p = run_process("--root", str(tmp_path), "--namespace", "bad namespace!", "images", "ls")
+    assert p.returncode == 1 and p.stderr.decode().count("\n") == 1 and b"Traceback" not in p.stderr
+    p = run_process("--root", str(tmp_path), "snapshots", "prepare")
+    assert p.returncode == 2 and b"usage:" in p.stderr
+    p = run_process("--version")
+    assert p.returncode == 0 and p.stdout.startswith(b"ocistore ")
+
+
+def test_console_entry_point_returns_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--root", str(tmp_path), "--json", "du"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) >= {"content", "total"}
+    assert main(["--root", str(tmp_path), "images", "rm", "gone:1"]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+# -- registry (the real CNCF registry on loopback) -------------------------------------------------------------
+@pytest.mark.registry
+def test_fetch_and_pull_from_registry(tmp_path: Path, registry_plain: Any, registry_basic: Any,
+                                      corpus: dict[str, Any]) -> None:
+    root = tmp_path / "root"
+    ref = registry_plain.ref("debian:gzip")
+    fetched = ok(run(root, "--json", "images", "fetch", "--plain-http", ref)).json()
+    assert fetched["name"] == ref and fetched["digest"] == corpus["images"]["debian:gzip"]["digest"]
+    [row] = ok(run(root, "--json", "images", "check", ref)).json()
+    assert row["complete"] and not row["unpacked"]
+
+    pulled = ok(run(root, "--json", "images", "pull", "--plain-http", "--snapshotter", "native", ref)).json()
+    assert pulled["unpacked"] is True
+    never = ok(run(root, "--json", "images", "pull", "--plain-http", "--unpack", "never",
+                   registry_plain.ref("debian:zstd"))).json()
+    assert never["unpacked"] is False
+
+    basic = registry_basic.ref("multi:index")
+    denied = run(root, "content", "fetch", "--plain-http", basic)
+    assert denied.code == 1 and len(denied.stderr.splitlines()) == 1
+    user = registry_basic.user
+    got = ok(run(root, "content", "fetch", "--plain-http", "--user", user, basic,
+                 stdin=f"{registry_basic.password}\n".encode()))
+    assert got.out.splitlines()[-1].split()[0] == basic
