@@ -1,0 +1,252 @@
+"""Consistency check of a store root: blobs, image graphs, snapshot chains and orphans.
+
+:func:`check` reports one readable line per problem:
+
+* every committed blob that some namespace records is present, has the recorded size and
+  hashes to its digest (streamed, never read whole);
+* every image's target is present in its namespace, and so is what it needs: at least one
+  manifest of an index (a single-platform fetch keeps only its own), the config of each
+  present manifest, and its layers -- unless the image is unpacked (its config carries a
+  ``containerd.io/gc.ref.snapshot.*`` label), since layers may be discarded after unpack;
+* every snapshot's parent exists in the same namespace and snapshotter and is committed,
+  its directory ``<root>/snapshots/<snapshotter>/<id>`` exists, and child links point at
+  existing snapshots;
+* no orphan blob file, ingest directory or snapshot directory (see
+  :func:`ocistore.metadata.gc.find_orphans`).
+
+``repair=True`` removes orphans only (what no record references); referenced data that is
+damaged is reported, never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ocistore import errors
+from ocistore.metadata.db import DB, SEP, Txn
+from ocistore.metadata.gc import LABEL_REF_SNAPSHOT, list_orphans, remove_orphans
+from ocistore.oci import manifest, mediatypes
+from ocistore.oci.descriptor import Descriptor
+from ocistore.oci.digest import algorithm_of, encoded, new_hasher
+
+__all__ = ["CheckReport", "check"]
+
+_CHUNK = 1 << 20
+_MAX_MANIFEST = 4 << 20
+
+
+@attrs.frozen
+class CheckReport:
+    """Outcome of :func:`check`: ``ok`` when no problem remains.
+
+    ``problems`` has one line per problem left; ``repaired`` one line per orphan that
+    ``repair=True`` removed.
+    """
+
+    ok: bool
+    problems: list[str] = attrs.field(factory=list)
+    repaired: list[str] = attrs.field(factory=list)
+
+
+@attrs.define
+class _State:
+    """The records of every namespace, read in one transaction."""
+
+    content: dict[str, dict[str, int]] = attrs.field(factory=dict)  # digest -> {ns: size}
+    content_labels: dict[tuple[str, str], dict[str, str]] = attrs.field(factory=dict)
+    images: list[tuple[str, str, dict[str, Any]]] = attrs.field(factory=list)
+    snapshots: dict[tuple[str, str, str], dict[str, Any]] = attrs.field(factory=dict)
+    children: list[tuple[str, str, str, str]] = attrs.field(factory=list)
+
+
+def _load(txn: Txn) -> _State:
+    st = _State()
+    for k, rec in txn.scan("content"):
+        ns, digest = k.decode().split(SEP, 1)
+        st.content.setdefault(digest, {})[ns] = int(rec.get("size", -1))
+        st.content_labels[ns, digest] = dict(rec.get("labels") or {})
+    for k, rec in txn.scan("images"):
+        ns, name = k.decode().split(SEP, 1)
+        st.images.append((ns, name, dict(rec.get("target") or {})))
+    for k, rec in txn.scan("snapshots"):
+        ns, sn, skey = k.decode().split(SEP, 2)
+        st.snapshots[ns, sn, skey] = rec
+    for k in txn.keys("snapshot_children"):
+        ns, sn, parent, child = k.decode().split(SEP, 3)
+        st.children.append((ns, sn, parent, child))
+    return st
+
+
+def check(db: DB, root: str | os.PathLike[str], repair: bool = False, *, verify: bool = True) -> CheckReport:
+    """Check the store at ``root`` (every namespace); ``verify=False`` skips hashing blobs."""
+    root = Path(root)
+    with db.read() as txn:
+        st = _load(txn)
+    problems: list[str] = []
+    problems += _check_blobs(root, st, verify)
+    problems += _check_images(root, st)
+    problems += _check_snapshots(root, st)
+    repaired: list[str] = []
+    if repair:
+        repaired = [f"removed {o.describe()}" for o in remove_orphans(db, root)]
+    problems += [o.describe() for o in list_orphans(db, root)]
+    return CheckReport(ok=not problems, problems=problems, repaired=repaired)
+
+
+# -- blobs -----------------------------------------------------------------------------------
+
+
+def _blob_path(root: Path, digest: str) -> Path:
+    return root / "content" / "blobs" / algorithm_of(digest) / encoded(digest)
+
+
+def _check_blobs(root: Path, st: _State, verify: bool) -> list[str]:
+    out = []
+    for digest, sizes in sorted(st.content.items()):
+        where = ", ".join(sorted(sizes))
+        try:
+            path = _blob_path(root, digest)
+        except errors.InvalidArgument:
+            out.append(f"content record {digest!r} (namespace {where}): not a valid digest")
+            continue
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            out.append(f"content {digest} (namespace {where}): blob file {path} is missing")
+            continue
+        for ns, recorded in sorted(sizes.items()):
+            if recorded != size:
+                out.append(
+                    f"content {digest} (namespace {ns}): recorded size {recorded} but the blob "
+                    f"file has {size} bytes"
+                )
+        if verify:
+            actual = _hash_file(path, algorithm_of(digest))
+            if actual is None:
+                out.append(f"content {digest} (namespace {where}): blob file {path} cannot be read")
+            elif actual != digest:
+                out.append(f"content {digest} (namespace {where}): blob file hashes to {actual}")
+    return out
+
+
+def _hash_file(path: Path, alg: str) -> str | None:
+    h = new_hasher(alg)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+    except OSError:
+        return None
+    return f"{alg}:{h.hexdigest()}"
+
+
+# -- images ----------------------------------------------------------------------------------
+
+
+def _check_images(root: Path, st: _State) -> list[str]:
+    out: list[str] = []
+    for ns, name, target in st.images:
+        what = f"image {name} (namespace {ns})"
+        digest = str(target.get("digest", ""))
+        if ns not in st.content.get(digest, {}):
+            out.append(f"{what}: target {digest or '(none)'} is not in the content store")
+            continue
+        _ImageWalk(root, st, ns, what, out).walk(str(target.get("mediaType", "")), digest)
+    return out
+
+
+def _read_small(root: Path, digest: str) -> bytes | None:
+    with contextlib.suppress(OSError, errors.InvalidArgument), open(_blob_path(root, digest), "rb") as f:
+        return f.read(_MAX_MANIFEST + 1)
+    return None
+
+
+@attrs.define
+class _ImageWalk:
+    """Walks one image's graph, noting what is missing."""
+
+    root: Path
+    st: _State
+    ns: str
+    what: str
+    out: list[str]
+    seen: set[str] = attrs.field(factory=set)
+
+    def _has(self, digest: str) -> bool:
+        return self.ns in self.st.content.get(digest, {})
+
+    def walk(self, media_type: str, digest: str) -> None:
+        if digest in self.seen or not (mediatypes.is_index(media_type) or mediatypes.is_manifest(media_type)):
+            return
+        self.seen.add(digest)
+        data = _read_small(self.root, digest)
+        if data is None:
+            return  # reported by the blob check
+        try:
+            kids = manifest.children(media_type, data)
+        except errors.Error as e:
+            self.out.append(f"{self.what}: {digest} cannot be parsed as {media_type}: {e}")
+            return
+        if mediatypes.is_index(media_type):
+            present = [d for d in kids if self._has(d.digest)]
+            if kids and not present:
+                self.out.append(
+                    f"{self.what}: none of the {len(kids)} manifests of index {digest} "
+                    "is in the content store"
+                )
+            for d in present:
+                self.walk(d.media_type, d.digest)
+            return
+        self._manifest(digest, kids)
+
+    def _manifest(self, digest: str, kids: list[Descriptor]) -> None:
+        config, layers = kids[0], kids[1:]
+        if not self._has(config.digest):
+            self.out.append(
+                f"{self.what}: config {config.digest} of manifest {digest} is not in the content store"
+            )
+            return
+        if _unpacked(self.st.content_labels.get((self.ns, config.digest), {})):
+            return
+        for layer in layers:
+            if not self._has(layer.digest):
+                self.out.append(
+                    f"{self.what}: layer {layer.digest} of manifest {digest} is not in the content store "
+                    "and the image is not unpacked"
+                )
+
+
+def _unpacked(labels: Mapping[str, str]) -> bool:
+    return any(k.startswith(LABEL_REF_SNAPSHOT) for k in labels)
+
+
+# -- snapshots -------------------------------------------------------------------------------
+
+
+def _check_snapshots(root: Path, st: _State) -> list[str]:
+    out = []
+    for (ns, sn, skey), rec in sorted(st.snapshots.items()):
+        what = f"snapshot {sn}/{skey} (namespace {ns})"
+        parent = rec.get("parent") or ""
+        if parent:
+            prec = st.snapshots.get((ns, sn, parent))
+            if prec is None:
+                out.append(f"{what}: parent {parent!r} does not exist")
+            elif prec.get("kind") != "committed":
+                out.append(f"{what}: parent {parent!r} is {prec.get('kind')}, not committed")
+        sid = rec.get("id")
+        if not (root / "snapshots" / sn / str(sid)).is_dir():
+            out.append(f"{what}: directory {root / 'snapshots' / sn / str(sid)} is missing")
+    for ns, sn, parent, child in st.children:
+        if (ns, sn, child) not in st.snapshots or (ns, sn, parent) not in st.snapshots:
+            out.append(
+                f"snapshot child link {sn}/{parent} -> {child} (namespace {ns}): "
+                "points at a snapshot that does not exist"
+            )
+    return out
