@@ -1,0 +1,3 @@
+"""Shared pytest configuration: fixture plugins used across test modules."""
+
+pytest_plugins = ["registry_fixtures"]
