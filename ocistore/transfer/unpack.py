@@ -20,6 +20,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from ocistore import errors
 from ocistore._locks import keyed_lock
 from ocistore.images.walk import ImageParts, image_parts
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from ocistore.snapshots.types import Snapshotter
     from ocistore.store import Store
 
-__all__ = ["is_unpacked", "snapshot_labels_for", "unpack_image", "unpack_parts"]
+__all__ = ["first_missing_layer", "is_unpacked", "snapshot_labels_for", "unpack_image", "unpack_parts"]
 
 SNAPSHOT_REF = "containerd.io/snapshot.ref"
 DIFF_ID = "containerd.io/snapshot/diff-id"
@@ -133,11 +135,18 @@ def _check_parts(parts: ImageParts) -> None:
         )
 
 
+LayerReady = Callable[[Descriptor], None]
+
+
 def unpack_parts(
     store: Store, parts: ImageParts, *, image_ref: str, snapshotter: str = "overlayfs",
-    snapshot_labels: bool = True, progress: Progress | None = None,
+    snapshot_labels: bool = True, progress: Progress | None = None, layer_ready: LayerReady | None = None,
 ) -> str:
-    """Unpack the layers of ``parts`` (already fetched) into ``snapshotter``."""
+    """Unpack the layers of ``parts`` into ``snapshotter``.
+
+    ``layer_ready(desc)`` blocks until a layer blob is in the content store (downloads
+    running ahead of applies); without it every layer must already be there.
+    """
     _check_parts(parts)
     progress = progress or Progress(None)
     sn = store.snapshots(snapshotter)
@@ -151,11 +160,12 @@ def unpack_parts(
             # every layer from the first missing one on is (re)applied, in chain order
             start = todo[0]
             parallel = bool(getattr(sn, "supports_rebase", False)) and len(chains) - start > 1
+            ctx = _Ctx(store, sn, parts, image_ref, snapshot_labels, progress, layer_ready)
             if parallel:
-                _unpack_parallel(store, sn, parts, start, image_ref, snapshot_labels, progress)
+                _unpack_parallel(ctx, start)
             else:
                 for i in range(start, len(chains)):
-                    _unpack_one(store, sn, parts, i, image_ref, snapshot_labels, progress, sequential=True)
+                    _unpack_one(ctx, i, sequential=True)
         store.content.update(
             parts.manifest.config.digest, {f"containerd.io/gc.ref.snapshot.{snapshotter}": top},
             [f"labels.containerd.io/gc.ref.snapshot.{snapshotter}"],
@@ -163,86 +173,102 @@ def unpack_parts(
     return top
 
 
+def first_missing_layer(store: Store, parts: ImageParts, snapshotter: str) -> int:
+    """Index of the first layer whose chain ID is not committed (``len(layers)`` if none)."""
+    sn = store.snapshots(snapshotter)
+    chains = parts.chain_ids
+    for i in range(len(chains) - 1, -1, -1):
+        if _committed(sn, chains[i]):
+            return i + 1
+    return 0
+
+
 def _committed(sn: Snapshotter, chain: str) -> bool:
     info = _stat(sn, chain)
     return info is not None and info.kind.value == "committed"
 
 
-def _prepare(
-    sn: Snapshotter, parts: ImageParts, i: int, image_ref: str, cri: bool, parent: str
-) -> tuple[str, dict[str, str]] | None:
+@attrs.frozen
+class _Ctx:
+    """What every step of one unpack needs."""
+
+    store: Store
+    sn: Snapshotter
+    parts: ImageParts
+    image_ref: str
+    cri: bool
+    progress: Progress
+    layer_ready: LayerReady | None
+
+
+def _prepare(ctx: _Ctx, i: int, parent: str) -> tuple[str, dict[str, str]] | None:
     """Prepare the extract snapshot for layer ``i``; None when the layer is already there."""
-    labels = snapshot_labels_for(parts, i, image_ref, cri)
-    chain = parts.chain_ids[i]
+    labels = snapshot_labels_for(ctx.parts, i, ctx.image_ref, ctx.cri)
+    chain = ctx.parts.chain_ids[i]
     for _attempt in range(3):
         key = f"extract-{unique_part()} {chain}"
         try:
-            sn.prepare(key, parent, labels=labels)
+            ctx.sn.prepare(key, parent, labels=labels)
             return key, labels
         except errors.AlreadyExists:
-            if _committed(sn, chain):
+            if _committed(ctx.sn, chain):
                 return None
     raise errors.Unavailable(f"could not prepare an extract snapshot for layer {chain} after 3 tries")
 
 
-def _apply(
-    store: Store, sn: Snapshotter, parts: ImageParts, i: int, key: str, progress: Progress
-) -> None:
+def _apply(ctx: _Ctx, i: int, key: str) -> None:
     from ocistore.archive import apply_layer
 
-    layer = parts.layers[i]
+    layer = ctx.parts.layers[i]
+    progress = ctx.progress
     lref = ref_key("layer", layer.digest)
+    if ctx.layer_ready is not None:
+        ctx.layer_ready(layer)
     try:
-        stream = store.content.open(layer.digest)
+        stream = ctx.store.content.open(layer.digest)
     except errors.NotFound:
         raise errors.NotFound(
-            f"layer {layer.digest} of image manifest {parts.manifest_desc.digest} is not in the content "
+            f"layer {layer.digest} of image manifest {ctx.parts.manifest_desc.digest} is not in the content "
             "store; fetch the image again"
         ) from None
     progress.emit(lref, layer.digest, "layer", "extracting", 0, layer.size)
-    overlay = sn.name == "overlayfs"
+    overlay = ctx.sn.name == "overlayfs"
     with stream:
-        result = apply_layer(
-            stream, sn.path(key), media_type=layer.media_type, overlay=overlay,
-            expected_diff_id=parts.diff_ids[i], expected_digest=layer.digest, expected_size=layer.size,
-            lower_dirs=sn.parents_paths(key) if overlay else (),
+        apply_layer(
+            stream, ctx.sn.path(key), media_type=layer.media_type, overlay=overlay,
+            expected_diff_id=ctx.parts.diff_ids[i], expected_digest=layer.digest, expected_size=layer.size,
+            lower_dirs=ctx.sn.parents_paths(key) if overlay else (),
             progress=(lambda n: progress.emit(lref, layer.digest, "layer", "extracting", n, layer.size))
             if progress else None,
         )
     progress.emit(lref, layer.digest, "layer", "extracted", layer.size, layer.size)
-    del result
 
 
-def _commit(
-    store: Store, sn: Snapshotter, parts: ImageParts, i: int, key: str, labels: dict[str, str],
-    parent: str | None,
-) -> None:
-    chain = parts.chain_ids[i]
+def _commit(ctx: _Ctx, i: int, key: str, labels: dict[str, str], parent: str | None) -> None:
+    chain = ctx.parts.chain_ids[i]
     try:
-        sn.commit(chain, key, labels=labels, parent=parent)
+        ctx.sn.commit(chain, key, labels=labels, parent=parent)
     except errors.AlreadyExists:
-        sn.remove(key)  # another unpack won the race: use its snapshot
+        ctx.sn.remove(key)  # another unpack won the race: use its snapshot
         return
-    layer = parts.layers[i]
-    if mt.compression_of(layer.media_type) != "none" and store.content.exists(layer.digest):
-        store.content.update(layer.digest, {UNCOMPRESSED: parts.diff_ids[i]}, [f"labels.{UNCOMPRESSED}"])
+    layer = ctx.parts.layers[i]
+    content = ctx.store.content
+    if mt.compression_of(layer.media_type) != "none" and content.exists(layer.digest):
+        content.update(layer.digest, {UNCOMPRESSED: ctx.parts.diff_ids[i]}, [f"labels.{UNCOMPRESSED}"])
 
 
-def _unpack_one(
-    store: Store, sn: Snapshotter, parts: ImageParts, i: int, image_ref: str, cri: bool,
-    progress: Progress, sequential: bool,
-) -> None:
-    chains = parts.chain_ids
+def _unpack_one(ctx: _Ctx, i: int, sequential: bool) -> None:
+    chains = ctx.parts.chain_ids
     parent = chains[i - 1] if i > 0 else ""
-    prepared = _prepare(sn, parts, i, image_ref, cri, parent if sequential else "")
+    prepared = _prepare(ctx, i, parent if sequential else "")
     if prepared is None:
         return
     key, labels = prepared
     try:
-        _apply(store, sn, parts, i, key, progress)
-        _commit(store, sn, parts, i, key, labels, None if sequential else (parent or None))
+        _apply(ctx, i, key)
+        _commit(ctx, i, key, labels, None if sequential else (parent or None))
     except BaseException:
-        _remove_quietly(sn, key)
+        _remove_quietly(ctx.sn, key)
         raise
 
 
@@ -251,29 +277,26 @@ def _remove_quietly(sn: Snapshotter, key: str) -> None:
         sn.remove(key)
 
 
-def _unpack_parallel(
-    store: Store, sn: Snapshotter, parts: ImageParts, start: int, image_ref: str, cri: bool,
-    progress: Progress,
-) -> None:
+def _unpack_parallel(ctx: _Ctx, start: int) -> None:
     """Apply layers ``start..`` concurrently into parentless snapshots; commit in order."""
-    chains = parts.chain_ids
+    chains = ctx.parts.chain_ids
     prepared: dict[int, tuple[str, dict[str, str]]] = {}
     try:
         for i in range(start, len(chains)):
-            p = _prepare(sn, parts, i, image_ref, cri, "")
+            p = _prepare(ctx, i, "")
             if p is not None:
                 prepared[i] = p
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_APPLY, max(1, len(prepared)))) as pool:
             futures: dict[int, Future[None]] = {
-                i: pool.submit(_apply, store, sn, parts, i, key, progress) for i, (key, _l) in prepared.items()
+                i: pool.submit(_apply, ctx, i, key) for i, (key, _l) in prepared.items()
             }
             for i in range(start, len(chains)):
                 if i not in prepared:
                     continue
                 futures[i].result()
                 key, labels = prepared[i]
-                _commit(store, sn, parts, i, key, labels, chains[i - 1] if i > 0 else None)
+                _commit(ctx, i, key, labels, chains[i - 1] if i > 0 else None)
                 del prepared[i]
     finally:
         for key, _labels in prepared.values():
-            _remove_quietly(sn, key)
+            _remove_quietly(ctx.sn, key)
