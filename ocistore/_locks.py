@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path

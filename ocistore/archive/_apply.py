@@ -1,0 +1,167 @@
+"""``apply_layer``: one pass over a layer blob, onto a directory."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Sequence
+from typing import BinaryIO
+
+import attrs
+
+from ocistore import errors
+from ocistore.archive._applier import Applier
+from ocistore.archive._compression import compression_for
+from ocistore.archive._pipeline import Pipeline
+from ocistore.archive._tarformat import TarReader
+from ocistore.oci.digest import algorithm_of
+
+__all__ = ["ApplyResult", "apply_layer"]
+
+
+@attrs.frozen
+class ApplyResult:
+    """What applying a layer computed.
+
+    ``diff_id`` is the digest of the uncompressed tar stream, ``digest`` that of the
+    blob as read; ``uncompressed_size`` counts every byte of the tar stream
+    (trailing bytes after the end-of-archive marker included, as they are hashed),
+    ``entries`` the members applied or skipped, and ``skipped_devices`` the device
+    nodes not created for lack of privilege.
+    """
+
+    diff_id: str
+    digest: str
+    compressed_size: int
+    uncompressed_size: int
+    entries: int
+    compression: str = "none"
+    skipped_devices: int = 0
+
+
+def apply_layer(
+    stream: BinaryIO,
+    root: str | os.PathLike[str],
+    *,
+    media_type: str | None = None,
+    overlay: bool = False,
+    expected_diff_id: str | None = None,
+    expected_digest: str | None = None,
+    expected_size: int | None = None,
+    lower_dirs: Sequence[str | os.PathLike[str]] = (),
+    same_owner: bool | None = None,
+    progress: Callable[[int], None] | None = None,
+    privileged: bool | None = None,
+) -> ApplyResult:
+    """Apply a layer blob (tar, tar+gzip or tar+zstd) read from ``stream`` onto ``root``.
+
+    The compression comes from ``media_type``, or from the blob's magic bytes when
+    the type is missing, unknown or Docker's uncompressed layer type. With
+    ``overlay=True`` the root is an overlayfs upper dir over ``lower_dirs``
+    (nearest first): whiteouts become 0:0 character devices and opaque markers
+    ``trusted.overlay.opaque`` xattrs. Otherwise the root is a full copy of the
+    parent and whiteouts remove what they name.
+
+    ``same_owner`` restores member ownership (default: when running as root);
+    ``privileged`` allows creating device nodes (default: root outside a user
+    namespace; otherwise they are skipped and counted). ``progress`` is called
+    with the number of compressed bytes read so far.
+
+    Raises ``UnsafeArchive`` for members escaping the root, ``InvalidArgument``
+    for corrupt or unsupported input, ``SizeLimitExceeded`` for oversized headers,
+    and ``DigestMismatch`` when the blob or its uncompressed stream does not match
+    ``expected_digest`` / ``expected_size`` / ``expected_diff_id`` (the root then
+    holds a partial layer and should be discarded).
+    """
+    root_path = _check_dir(root, "layer root")
+    lowers = [_check_dir(lower, "lower dir") for lower in lower_dirs]
+    if lowers and not overlay:
+        raise errors.InvalidArgument("lower_dirs are only used in overlay mode")
+    digest_alg = algorithm_of(expected_digest) if expected_digest is not None else "sha256"
+    diff_alg = algorithm_of(expected_diff_id) if expected_diff_id is not None else "sha256"
+    if expected_size is not None and expected_size < 0:
+        raise errors.InvalidArgument(f"expected_size must not be negative, got {expected_size}")
+    is_root = os.geteuid() == 0
+    chown = is_root if same_owner is None else same_owner
+    devices = (is_root and not _in_user_namespace()) if privileged is None else privileged
+
+    pipeline = Pipeline(
+        stream,
+        compression_for(media_type),
+        digest_algorithm=digest_alg,
+        diff_id_algorithm=diff_alg,
+        expected_size=expected_size,
+    )
+    try:
+        reader = TarReader(_chunks(pipeline, progress))
+        applier = Applier(root_path, overlay=overlay, lower_dirs=lowers, chown=chown, devices=devices)
+        applier.apply_all(reader)
+        reader.drain()  # trailing bytes after the archive end are part of the diffID
+    finally:
+        pipeline.close()
+    result = ApplyResult(
+        diff_id=pipeline.diff_id,
+        digest=pipeline.digest,
+        compressed_size=pipeline.compressed_size,
+        uncompressed_size=pipeline.uncompressed_size,
+        entries=applier.entries,
+        compression=pipeline.compression,
+        skipped_devices=applier.skipped_devices,
+    )
+    _verify(result, expected_digest, expected_size, expected_diff_id)
+    return result
+
+
+def _chunks(pipeline: Pipeline, progress: Callable[[int], None] | None) -> Callable[[], bytes]:
+    if progress is None:
+        return pipeline.next_chunk
+
+    def next_chunk() -> bytes:
+        chunk = pipeline.next_chunk()
+        progress(pipeline.compressed_size)
+        return chunk
+
+    return next_chunk
+
+
+def _verify(
+    result: ApplyResult, expected_digest: str | None, expected_size: int | None, expected_diff_id: str | None
+) -> None:
+    if expected_size is not None and result.compressed_size != expected_size:
+        raise errors.DigestMismatch(
+            f"layer blob has {result.compressed_size} bytes, expected {expected_size}",
+            expected=str(expected_size),
+            actual=str(result.compressed_size),
+        )
+    if expected_digest is not None and result.digest != expected_digest:
+        raise errors.DigestMismatch(
+            f"layer blob digest is {result.digest}, expected {expected_digest}",
+            expected=expected_digest,
+            actual=result.digest,
+        )
+    if expected_diff_id is not None and result.diff_id != expected_diff_id:
+        raise errors.DigestMismatch(
+            f"layer diffID (digest of the uncompressed tar) is {result.diff_id}, expected {expected_diff_id}",
+            expected=expected_diff_id,
+            actual=result.diff_id,
+        )
+
+
+def _check_dir(path: str | os.PathLike[str], what: str) -> str:
+    text = os.path.abspath(os.fspath(path))
+    try:
+        st = os.stat(text)
+    except FileNotFoundError:
+        raise errors.NotFound(f"{what} {text!r} does not exist") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise errors.InvalidArgument(f"{what} {text!r} is not a directory")
+    return os.path.realpath(text)
+
+
+def _in_user_namespace() -> bool:
+    try:
+        with open("/proc/self/uid_map", "rb") as uid_map:
+            fields = uid_map.read().split()
+    except OSError:
+        return False
+    return fields[:3] != [b"0", b"0", b"4294967295"]

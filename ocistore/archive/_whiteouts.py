@@ -1,0 +1,143 @@
+"""Whiteouts (``.wh.<name>``) and opaque markers (``.wh..wh..opq``).
+
+Native mode (the root is a full copy of the parent): a whiteout removes what it
+names, an opaque marker empties its directory. Overlay mode (the root is an
+overlayfs upper dir): a whiteout becomes a character device 0:0 and an opaque
+marker the ``trusted.overlay.opaque=y`` xattr.
+
+Following the OCI image spec, a whiteout only hides what lower layers hold:
+members this same layer wrote stay. A directory that is whited out and then
+written again by the same layer therefore hides its lower contents (in overlay
+mode it becomes opaque; containerd's overlay applier departs from the spec here).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from typing import TYPE_CHECKING
+
+from ocistore import errors
+from ocistore.archive._tarformat import TarEntry
+from ocistore.archive._writer import times_of
+
+if TYPE_CHECKING:
+    from ocistore.archive._applier import Applier
+
+__all__ = ["OPAQUE", "WHITEOUT_PREFIX", "apply_whiteout", "set_opaque"]
+
+WHITEOUT_PREFIX = ".wh."
+WHITEOUT_META_PREFIX = ".wh..wh."
+OPAQUE = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+
+
+def apply_whiteout(applier: Applier, entry: TarEntry, parts: list[str]) -> None:
+    """Handle a member whose base name starts with ``.wh.``."""
+    base = parts[-1]
+    if base == OPAQUE:
+        _opaque(applier, entry, parts)
+        return
+    if base.startswith(WHITEOUT_META_PREFIX):
+        return  # other AUFS metadata (.wh..wh.plnk, ...): never part of the file system
+    name = base[len(WHITEOUT_PREFIX) :]
+    if name in ("", ".", ".."):
+        raise errors.UnsafeArchive(f"invalid whiteout {entry.name!r}: it names no entry of its directory")
+    if applier.overlay:
+        _overlay_whiteout(applier, entry, parts, name)
+    else:
+        parent = applier.resolver.parent(parts, entry.name, create=False)
+        if parent is None:
+            return  # the parent does not exist: nothing to hide
+        _prune(applier, f"{parent}/{name}" if parent else name)
+
+
+def _opaque(applier: Applier, entry: TarEntry, parts: list[str]) -> None:
+    if applier.overlay:
+        parent = applier.resolver.parent(parts, entry.name)
+        assert parent is not None
+        set_opaque(applier, parent, entry.name)
+        return
+    parent = applier.resolver.parent(parts, entry.name, create=False)
+    if parent is None:
+        return
+    _prune_children(applier, parent)
+
+
+# -- native mode ---------------------------------------------------------------------------
+
+
+def _prune(applier: Applier, rel: str) -> None:
+    """Remove ``rel`` unless this layer wrote it; keep what this layer wrote below it."""
+    path = f"{applier.root}/{rel}"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if rel in applier.unpacked or rel in applier.keep:
+        if stat.S_ISDIR(st.st_mode):
+            _prune_children(applier, rel)
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+    applier.removals += 1
+    applier.resolver.invalidate()
+
+
+def _prune_children(applier: Applier, rel: str) -> None:
+    path = f"{applier.root}/{rel}" if rel else applier.root
+    prefix = f"{rel}/" if rel else ""
+    with os.scandir(path) as listing:
+        names = [item.name for item in listing]
+    for name in names:
+        _prune(applier, prefix + name)
+
+
+# -- overlay mode --------------------------------------------------------------------------
+
+
+def _overlay_whiteout(applier: Applier, entry: TarEntry, parts: list[str], name: str) -> None:
+    parent = applier.resolver.parent(parts, entry.name)
+    assert parent is not None
+    rel = f"{parent}/{name}" if parent else name
+    path = f"{applier.root}/{rel}"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        # written by this layer already (the upper dir starts empty): it stays, but a
+        # directory must no longer show the lower layers' contents
+        if stat.S_ISDIR(st.st_mode):
+            set_opaque(applier, rel, entry.name)
+        return
+    if applier.resolver.is_cached_dir(rel):
+        applier.resolver.invalidate()
+    try:
+        os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
+    except PermissionError:
+        raise errors.InvalidArgument(
+            f"whiteout {entry.name!r}: cannot create an overlay whiteout device without CAP_MKNOD"
+        ) from None
+    if applier.policy.chown:
+        os.lchown(path, entry.uid, entry.gid)
+    os.utime(path, ns=times_of(entry), follow_symlinks=False)
+
+
+def set_opaque(applier: Applier, rel: str, member: str) -> None:
+    """Mark the upper directory ``rel`` opaque (hides the lower layers' contents)."""
+    path = f"{applier.root}/{rel}" if rel else applier.root
+    try:
+        os.setxattr(path, OPAQUE_XATTR, b"y", follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise errors.InvalidArgument(
+                f"member {member!r}: cannot set {OPAQUE_XATTR} on {rel or '/'!r} ({exc.strerror}); "
+                "overlay mode needs CAP_SYS_ADMIN and a file system with trusted xattrs"
+            ) from None
+        raise
+    applier.resolver.invalidate()
