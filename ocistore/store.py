@@ -49,7 +49,10 @@ class Store:
     they share one LMDB environment. Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, root: str | os.PathLike[str], namespace: str = "default", **registry: Any) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], namespace: str = "default", *, content_sharing: str = "shared",
+        **registry: Any,
+    ) -> None:
         unknown = set(registry) - set(REGISTRY_OPTIONS)
         if unknown:
             raise TypeError(f"unknown Store option(s): {', '.join(sorted(unknown))}")
@@ -61,7 +64,8 @@ class Store:
         self.db = DB.open(str(self.root / "metadata.lmdb"))
         self._closed = False
         self._shared_root_objects()
-        self.content = NamespacedContent(self.db, self.namespace, self._backend)
+        self.content_sharing = content_sharing
+        self.content = NamespacedContent(self.db, self.namespace, self._backend, content_sharing)
         self.images = ImageStore(self.db, self.namespace, gc=self.gc)
         self._container_records = ContainerRecords(self.db, self.namespace)
         self._snapshotters: dict[str, Snapshotter] = {}
@@ -85,7 +89,7 @@ class Store:
     # -- lifecycle --------------------------------------------------------------------------------
     def with_namespace(self, namespace: str) -> Store:
         """A view of the same root in another namespace (close it too)."""
-        return Store(self.root, namespace, **self.registry_options)
+        return Store(self.root, namespace, content_sharing=self.content_sharing, **self.registry_options)
 
     def close(self) -> None:
         if self._closed:
@@ -103,6 +107,17 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}, namespace={self.namespace!r})"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """This namespace's labels (``containerd.io/namespace.shareable=true`` shares its content)."""
+        return self.db.namespace_labels(self.namespace)
+
+    def set_labels(self, labels: Mapping[str, str]) -> None:
+        """Replace this namespace's labels."""
+        from ocistore.metadata.labels import validate_labels
+
+        self.db.set_namespace_labels(self.namespace, validate_labels(labels, f"namespace {self.namespace}: "))
 
     # -- snapshots ------------------------------------------------------------------------------------
     def snapshots(self, name: str = "overlayfs") -> Snapshotter:

@@ -12,7 +12,7 @@ import pytest
 
 from ocistore import Store, errors
 from ocistore.content.local import LocalStore
-from ocistore.testing.content_suite import ContentStoreSuite, MakeStore
+from ocistore.testing.content_suite import ContentStoreSuite, IsolatedContentSuite, MakeStore
 
 
 class TestStoreContent(ContentStoreSuite):
@@ -24,6 +24,34 @@ class TestStoreContent(ContentStoreSuite):
             s = Store(tmp_path / "root", namespace=ns)
             opened.append(s)
             return s.content
+
+        yield make
+        for s in opened:
+            s.close()
+
+
+class _IsolatedView:
+    """The content store of an isolated-policy Store, plus namespace labels (suite cases 15-16)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store.content, name)
+
+    def set_namespace_labels(self, labels: dict[str, str]) -> None:
+        self._store.set_labels(labels)
+
+
+class TestIsolatedContent(IsolatedContentSuite):
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> Iterator[MakeStore]:
+        opened: list[Store] = []
+
+        def make(ns: str) -> object:
+            s = Store(tmp_path / "root", namespace=ns, content_sharing="isolated")
+            opened.append(s)
+            return _IsolatedView(s)
 
         yield make
         for s in opened:

@@ -46,10 +46,13 @@ def _info(digest: str, rec: Mapping[str, object]) -> ContentInfo:
 class NamespacedContent:
     """``Store.content``: the content store as one namespace sees it."""
 
-    def __init__(self, db: DB, namespace: str, backend: LocalStore) -> None:
+    def __init__(self, db: DB, namespace: str, backend: LocalStore, sharing: str = "shared") -> None:
+        if sharing not in ("shared", "isolated"):
+            raise errors.InvalidArgument(f"content sharing policy must be 'shared' or 'isolated', not {sharing!r}")
         self.db = db
         self.ns = namespace
         self.backend = backend
+        self.sharing = sharing
 
     # -- reading --------------------------------------------------------------------------------
     def _record(self, txn: Txn, digest: str) -> dict[str, object] | None:
@@ -138,9 +141,22 @@ class NamespacedContent:
     def _bref(self, ref: str) -> str:
         return f"{self.ns}/1/{ref}"
 
-    def _shareable(self, txn: Txn, digest: str) -> bool:
-        """Shared policy: any blob the backend holds may be shown to this namespace."""
-        return True
+    def _shareable(self, digest: str) -> bool:
+        """May this namespace be shown a blob the root holds without sending its bytes?
+
+        Under the shared policy always; under the isolated one only if a namespace labelled
+        ``containerd.io/namespace.shareable=true`` holds it (containerd 2.8).
+        """
+        if self.sharing == "shared":
+            return True
+        with self.db.read() as txn:
+            for k, rec in txn.scan("namespaces"):
+                ns = k.decode()
+                if ns != self.ns and (rec.get("labels") or {}).get(SHAREABLE_LABEL) == "true" and txn.has(
+                    "content", key(ns, digest)
+                ):
+                    return True
+        return False
 
     def writer(self, ref: str, total: int | None = None, expected: str | None = None) -> NamespacedWriter:
         """Open or resume the ingest ``ref`` in this namespace.
@@ -159,7 +175,7 @@ class NamespacedContent:
                 raise errors.AlreadyExists(f"content {expected} already exists in namespace {self.ns!r}")
         bref = self._bref(ref)
         shared_size = -1
-        if expected and self.backend.exists(expected):
+        if expected and self.backend.exists(expected) and self._shareable(expected):
             size = self.backend.info(expected).size
             if total in (0, size):
                 shared_size = size

@@ -223,6 +223,14 @@ class DB:
         with self.read() as txn:
             return [k.decode() for k in txn.keys("namespaces")]
 
+    def set_namespace_labels(self, ns: str, labels: Mapping[str, str]) -> None:
+        """Replace a namespace's labels (creating the namespace if needed)."""
+        with self.write() as txn:
+            self.ensure_namespace(txn, ns)
+            rec = txn.get("namespaces", ns.encode())
+            rec["labels"] = json_labels(labels)
+            txn.put("namespaces", ns.encode(), rec)
+
     def namespace_labels(self, ns: str) -> dict[str, str]:
         with self.read() as txn:
             rec = txn.get("namespaces", ns.encode())

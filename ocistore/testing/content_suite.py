@@ -350,3 +350,39 @@ class ContentStoreSuite:
             cs.writer("")
         with pytest.raises(errors.InvalidArgument):
             cs.ingest(b"x", labels={"k": "v" * 5000})
+
+
+class IsolatedContentSuite:
+    """containerd's isolated-policy cases (15, 16); ``make_store`` gives isolated views of one root."""
+
+    @pytest.fixture
+    def make_store(self) -> MakeStore:  # pragma: no cover - provided by subclasses
+        raise NotImplementedError
+
+    # 15
+    def test_cross_namespace_isolate(self, make_store: MakeStore) -> None:
+        a, b = make_store("isolate-n1"), make_store("isolate-n2")
+        data = _random(1000, 15)
+        d = _digest(data)
+        a.ingest(data, labels=_root_labels())
+        t0 = _now()
+        w = b.writer("cross-isolate", total=len(data), expected=d)
+        st = w.status()
+        assert st.offset == 0 and w.digest() == EMPTY_DIGEST
+        _check_within(st.started_at, t0, _now())
+        w.write(data)
+        w.commit(len(data), d, labels=_root_labels())
+        assert b.read(d) == data
+
+    # 16
+    def test_shared_namespace_isolate(self, make_store: MakeStore) -> None:
+        a, b = make_store("shareable-n1"), make_store("shareable-n2")
+        a.set_namespace_labels({"containerd.io/namespace.shareable": "true"})
+        data = _random(1000, 16)
+        d = _digest(data)
+        a.ingest(data, labels=_root_labels())
+        w = b.writer("cross-shareable", total=len(data), expected=d)
+        st = w.status()
+        assert st.offset == st.total == len(data)
+        w.commit(len(data), d, labels=_root_labels())
+        assert b.read(d) == data
