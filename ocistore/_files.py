@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from pathlib import Path
 
-__all__ = ["allocated_bytes", "atomic_write", "fsync_dir", "remove_tree"]
+__all__ = ["allocated_bytes", "atomic_write", "disk_full", "fsync_dir", "remove_tree"]
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(exc: OSError, what: str) -> Exception:
+    """``errors.Unavailable`` for a full disk or quota (the caller raises it ``from exc``); else ``exc``."""
+    from ocistore import errors
+
+    if exc.errno in _DISK_FULL:
+        return errors.Unavailable(f"{what}: no space left on device ({exc.strerror}); free space and retry")
+    return exc
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ocistore import _time, errors
-from ocistore._files import atomic_write, fsync_dir, remove_tree
+from ocistore._files import atomic_write, disk_full, fsync_dir, remove_tree
 from ocistore.content.locks import RefLock
 from ocistore.content.types import ContentInfo, IngestStatus
 from ocistore.oci.digest import ALGORITHMS, Hasher, algorithm_of, encoded, new_hasher, validate_digest
@@ -216,9 +216,16 @@ class LocalWriter:
         self._check_open()
         view = memoryview(data)
         n = len(view)
-        while view:
-            k = os.write(self._fd, view)
-            view = view[k:]
+        try:
+            while view:
+                k = os.write(self._fd, view)
+                view = view[k:]
+        except OSError as exc:
+            # a partial write leaves data and hash out of step: realign the file to what is hashed
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._offset)
+                os.lseek(self._fd, self._offset, os.SEEK_SET)
+            raise disk_full(exc, f"writing ingest {self._ref!r} (kept for resume)") from exc
         self._hasher.update(data)
         self._offset += n
         self._updated = _time.now()
@@ -254,7 +261,10 @@ class LocalWriter:
         """
         self._check_open()
         try:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise disk_full(exc, f"committing ingest {self._ref!r}") from exc
             actual_size = os.fstat(self._fd).st_size
             if actual_size != self._offset:
                 raise errors.FailedPrecondition(

@@ -186,13 +186,16 @@ class DB:
         txn = Txn(self, raw, write=True)
         try:
             yield txn
+        except lmdb.Error as e:
+            raw.abort()
+            raise errors.Unavailable(f"metadata database {self.path}: {e}; free disk space and retry") from e
         except BaseException:
             raw.abort()
             raise
         try:
             raw.commit()
-        except lmdb.MapFullError as e:
-            raise errors.Unavailable(f"metadata database {self.path} is full: {e}") from e
+        except lmdb.Error as e:
+            raise errors.Unavailable(f"metadata database {self.path}: {e}; free disk space and retry") from e
         for fn in txn.after_commit:
             fn()
 

@@ -16,13 +16,14 @@ import base64
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ocistore import errors
+from ocistore._files import disk_full
 from ocistore._locks import keyed_lock
 from ocistore.images.walk import ImageParts, image_parts
 from ocistore.oci import mediatypes as mt
@@ -233,7 +234,7 @@ def _apply(ctx: _Ctx, i: int, key: str) -> None:
         ) from None
     progress.emit(lref, layer.digest, "layer", "extracting", 0, layer.size)
     overlay = ctx.sn.name == "overlayfs"
-    with stream:
+    with stream, _disk_errors(f"unpacking layer {layer.digest} into {ctx.sn.name}"):
         apply_layer(
             stream, ctx.sn.path(key), media_type=layer.media_type, overlay=overlay,
             expected_diff_id=ctx.parts.diff_ids[i], expected_digest=layer.digest, expected_size=layer.size,
@@ -242,6 +243,14 @@ def _apply(ctx: _Ctx, i: int, key: str) -> None:
             if progress else None,
         )
     progress.emit(lref, layer.digest, "layer", "extracted", layer.size, layer.size)
+
+
+@contextlib.contextmanager
+def _disk_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise disk_full(exc, what) from exc
 
 
 def _commit(ctx: _Ctx, i: int, key: str, labels: dict[str, str], parent: str | None) -> None:
