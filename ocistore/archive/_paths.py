@@ -152,9 +152,7 @@ class Resolver:
                 if isinstance(found, int):  # a symlink, in the layer it was found in
                     links += 1
                     if links > MAX_LINKS:
-                        raise errors.UnsafeArchive(
-                            f"member {member!r}: too many levels of symbolic links in its path"
-                        )
+                        raise errors.UnsafeArchive(f"member {member!r}: too many levels of symbolic links in its path")
                     target = os.readlink(os.path.join(self.layers[found], rel))
                     if target.startswith("/"):
                         stack, found_layers = [], []
@@ -171,9 +169,7 @@ class Resolver:
             return None
         return "/".join(stack)
 
-    def _materialise(
-        self, stack: list[str], found_layers: list[tuple[int, ...] | None], member: str
-    ) -> None:
+    def _materialise(self, stack: list[str], found_layers: list[tuple[int, ...] | None], member: str) -> None:
         """Create the directories of a resolved path that the root does not have yet."""
         for i, layers in enumerate(found_layers):
             if layers is not None and 0 in layers:
@@ -217,9 +213,7 @@ class Resolver:
             if stat.S_ISDIR(st.st_mode):
                 return
             if not (self.overlay and is_whiteout_device(st)):
-                raise errors.InvalidArgument(
-                    f"member {member!r}: {rel!r} exists and is not a directory"
-                ) from None
+                raise errors.InvalidArgument(f"member {member!r}: {rel!r} exists and is not a directory") from None
             # whited out earlier in this layer and now needed as a directory: an opaque one
             os.unlink(path)
             os.mkdir(path, 0o755)

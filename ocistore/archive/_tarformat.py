@@ -391,9 +391,7 @@ class TarReader:
                 if count < 0:
                     count = values[0]
                     if count > MAX_SPARSE_ENTRIES:
-                        raise errors.SizeLimitExceeded(
-                            f"tar member {entry.name!r}: sparse map has {count} entries"
-                        )
+                        raise errors.SizeLimitExceeded(f"tar member {entry.name!r}: sparse map has {count} entries")
         self._remaining -= consumed
         entry.size -= consumed
         pairs = values[1 : 1 + 2 * count]

@@ -117,9 +117,7 @@ def set_xattrs(target: int | str, entry: TarEntry, regular_or_dir: bool) -> None
                 continue
             if exc.errno == errno.EPERM and key.startswith("user.") and not regular_or_dir:
                 continue  # user.* xattrs are not allowed on symlinks and devices
-            raise errors.InvalidArgument(
-                f"member {entry.name!r}: cannot set xattr {key!r}: {exc.strerror}"
-            ) from None
+            raise errors.InvalidArgument(f"member {entry.name!r}: cannot set xattr {key!r}: {exc.strerror}") from None
 
 
 def is_overlay_whiteout(path: str) -> bool:

@@ -198,10 +198,12 @@ class RegistryClient:
 
     # -- fetch ---------------------------------------------------------------------------
 
-    def fetch(self, ref: str, desc: Descriptor, offset: int = 0) -> BlobReader:
+    def fetch(self, ref: str, desc: Descriptor, offset: int = 0, verify: bool = True) -> BlobReader:
         """A reader of ``desc``'s bytes from ``offset``: capped, verified from 0, resuming."""
         r = parse_reference(ref)
-        return BlobReader(desc, self._opener(r, desc), self.options.retry, offset, f"{r.name}@{desc.digest}")
+        return BlobReader(
+            desc, self._opener(r, desc), self.options.retry, offset, f"{r.name}@{desc.digest}", verify=verify
+        )
 
     def fetch_into(self, ref: str, desc: Descriptor, writer: ContentWriter, progress: ProgressFn | None = None) -> str:
         """Download ``desc`` into ``writer`` continuing at its offset; verify; commit.
@@ -210,7 +212,8 @@ class RegistryClient:
         mismatch the ingest is truncated and ``DigestMismatch`` raised; on other
         failures the ingest keeps what was written, for a later resume.
         """
-        return copy_into(desc, writer, lambda offset: self.fetch(ref, desc, offset), progress)
+        # the writer hashes every byte and the digest is checked before commit: no second hash here
+        return copy_into(desc, writer, lambda offset: self.fetch(ref, desc, offset, verify=False), progress)
 
     def fetch_bytes(self, ref: str, desc: Descriptor, max_size: int | None = None) -> bytes:
         """The whole (small) blob ``desc``, verified; larger than ``max_size`` is refused.

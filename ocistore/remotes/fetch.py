@@ -94,8 +94,13 @@ class BlobReader(io.RawIOBase):
     and turns verification off.
     """
 
-    def __init__(self, desc: Descriptor, opener: Opener, retry: Retry, offset: int = 0, what: str = "") -> None:
-        """Read ``desc`` through ``opener`` starting at ``offset``."""
+    def __init__(
+        self, desc: Descriptor, opener: Opener, retry: Retry, offset: int = 0, what: str = "", verify: bool = True
+    ) -> None:
+        """Read ``desc`` through ``opener`` starting at ``offset``.
+
+        ``verify=False`` skips hashing when the consumer hashes anyway (a content writer).
+        """
         super().__init__()
         if offset < 0 or offset > desc.size:
             raise errors.InvalidArgument(f"offset {offset} is outside blob {desc.digest} of {desc.size} bytes")
@@ -104,7 +109,7 @@ class BlobReader(io.RawIOBase):
         self._retry = retry
         self._pos = offset
         self._resp: urllib3.BaseHTTPResponse | None = None
-        self._hasher: Hasher | None = new_hasher(algorithm_of(desc.digest)) if offset == 0 else None
+        self._hasher: Hasher | None = new_hasher(algorithm_of(desc.digest)) if offset == 0 and verify else None
         self._what = what or f"blob {desc.digest}"
         self._verified = False
 

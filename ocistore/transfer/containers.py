@@ -98,19 +98,20 @@ class Containers:
             pass
         parts = image_parts(store.content, img.target, platform)
         sn = store.snapshots(snapshotter)
-        with store._operation_lease():
-            try:
-                sn.prepare(id, parts.chain_id)
-            except errors.NotFound:
+        # An active snapshot is a GC root by itself, so the warm path needs no lease.
+        try:
+            sn.prepare(id, parts.chain_id)
+        except errors.NotFound:
+            with store._operation_lease():
                 unpack_parts(store, parts, image_ref=name, snapshotter=snapshotter)
                 sn.prepare(id, parts.chain_id)
-            try:
-                rec = self._records.create(ContainerRecord(
-                    id=id, image=name, snapshotter=snapshotter, snapshot_key=id, labels=dict(labels or {}),
-                ))
-            except BaseException:
-                sn.remove(id)
-                raise
+        try:
+            rec = self._records.create(ContainerRecord(
+                id=id, image=name, snapshotter=snapshotter, snapshot_key=id, labels=dict(labels or {}),
+            ))
+        except BaseException:
+            sn.remove(id)
+            raise
         return self._wrap(rec)
 
     def delete(self, cid: str) -> None:
