@@ -20,7 +20,6 @@ record (and an orphan directory that GC removes) or a record with its directory.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,10 +29,12 @@ from typing import Any
 import attrs
 
 from ocistore import errors
-from ocistore._files import fsync_dir, remove_tree
+from ocistore._files import allocated_bytes, fsync_dir, remove_tree
 from ocistore._time import from_ns, now, to_ns
 from ocistore.filters import Adaptor, label_adaptor, parse_filters
 from ocistore.metadata.db import DB, Txn, key, prefix
+from ocistore.metadata.labels import MAX_LABEL_SIZE
+from ocistore.metadata.labels import validate_labels as _validate_labels
 from ocistore.snapshots.types import Kind, Mount, SnapshotInfo, Usage
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
     "validate_labels",
 ]
 
-LABEL_SIZE_LIMIT = 4096
+LABEL_SIZE_LIMIT = MAX_LABEL_SIZE
 SNAPSHOT_REF_LABEL = "containerd.io/snapshot.ref"
 _TABLE = "snapshots"
 _CHILDREN = "snapshot_children"
@@ -104,48 +105,14 @@ class SnapshotRecord:
 
 
 def validate_labels(labels: Mapping[str, str] | None, what: str) -> dict[str, str]:
-    """Labels to store: empty values dropped, each key+value within 4096 bytes.
-
-    Raises:
-        InvalidArgument: a label is too large or not a string pair.
-    """
-    out: dict[str, str] = {}
-    for k, v in (labels or {}).items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise errors.InvalidArgument(f"label {k!r} of {what}: keys and values must be strings")
-        size = len(k.encode()) + len(v.encode())
-        if size > LABEL_SIZE_LIMIT:
-            raise errors.InvalidArgument(
-                f"label {k!r} of {what}: key and value length ({size} bytes) greater than "
-                f"maximum size ({LABEL_SIZE_LIMIT} bytes); shorten the label"
-            )
-        if v != "":
-            out[k] = v
-    return out
+    """Labels to store: empty values dropped, each key+value within 4096 bytes (InvalidArgument)."""
+    return _validate_labels(labels, f"{what}: ")
 
 
 def disk_usage(path: Path) -> Usage:
     """Allocated bytes (st_blocks*512) and inodes under ``path``, each inode counted once."""
     seen: set[tuple[int, int]] = set()
-    size = 0
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return Usage(0, 0)
-    seen.add((st.st_dev, st.st_ino))
-    size += st.st_blocks * 512
-    stack = [os.fspath(path)]
-    while stack:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(stack.pop()) as it:
-            for entry in it:
-                s = entry.stat(follow_symlinks=False)
-                ident = (s.st_dev, s.st_ino)
-                if ident in seen:
-                    continue
-                seen.add(ident)
-                size += s.st_blocks * 512
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
+    size = allocated_bytes(path, seen)
     return Usage(size=size, inodes=len(seen))
 
 
