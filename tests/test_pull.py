@@ -162,3 +162,33 @@ def test_killed_pulls_resume_and_check(tmp_path: Path, registry_plain: Any, corp
             assert s.check().ok
     assert kills >= 25, f"only {kills} pulls were killed mid-way; widen the delays"
     print(json.dumps({"kills": kills, "resumed_downloads": resumed}))
+
+
+_FETCH_SCRIPT = """
+import json, sys
+from ocistore import Store
+events = []
+with Store(sys.argv[1], plain_http=True) as s:
+    s.fetch(sys.argv[2], progress=events.append)
+print(json.dumps([[e.digest, e.status] for e in events]))
+"""
+
+
+def test_concurrent_fetches_download_each_blob_once(tmp_path: Path, registry_plain: Any,
+                                                    corpus: dict[str, Any]) -> None:
+    ref = registry_plain.ref("app:layers")
+    root = tmp_path / "shared-root"
+    procs = [subprocess.Popen([sys.executable, "-c", _FETCH_SCRIPT, str(root), ref], stdout=subprocess.PIPE)
+             for _ in range(4)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    completes: dict[str, int] = {}
+    for out in outputs:
+        for digest, status in json.loads(out):
+            if status == "complete":
+                completes[digest] = completes.get(digest, 0) + 1
+    app = corpus["images"]["app:layers"]
+    blobs = [app["digest"], app["config"]["digest"], *(layer["digest"] for layer in app["layers"])]
+    assert {d: completes.get(d, 0) for d in blobs} == dict.fromkeys(blobs, 1)
+    with Store(root) as s:
+        assert s.check().ok
