@@ -35,7 +35,9 @@ def tar_reference(layers: Iterable[dict[str, Any]], dest: Path) -> None:
     """Extract layers with GNU tar, processing whiteouts against the lower layers (OCI spec)."""
     for layer in layers:
         blob = blob_path(layer["digest"])
-        listing = subprocess.run(["tar", "--quoting-style=literal", "-tf", str(blob)], check=True, capture_output=True).stdout
+        listing = subprocess.run(
+            ["tar", "--quoting-style=literal", "-tf", str(blob)], check=True, capture_output=True
+        ).stdout
         names = os.fsdecode(listing).splitlines()
         for name in names:
             parent, _, base = name.rstrip("/").rpartition("/")
@@ -47,8 +49,20 @@ def tar_reference(layers: Iterable[dict[str, Any]], dest: Path) -> None:
             elif base.startswith(".wh."):
                 _rm(directory / base[4:])
         subprocess.run(
-            ["tar", "-x", "-p", "--same-owner", "--numeric-owner", "--xattrs", "--xattrs-include=*",
-             "--exclude=.wh.*", "-f", str(blob), "-C", str(dest)],
+            [
+                "tar",
+                "-x",
+                "-p",
+                "--same-owner",
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=*",
+                "--exclude=.wh.*",
+                "-f",
+                str(blob),
+                "-C",
+                str(dest),
+            ],
             check=True,
         )
 
@@ -121,7 +135,7 @@ class TarBuilder:
 
     def __init__(self, fmt: int = tarfile.PAX_FORMAT) -> None:
         self.buf = io.BytesIO()
-        self.tf = tarfile.open(fileobj=self.buf, mode="w", format=fmt)
+        self.tf = tarfile.open(fileobj=self.buf, mode="w", format=fmt)  # noqa: SIM115 (closed by bytes())
         self.mtime = 1_700_000_000
 
     def _info(self, name: str, kind: bytes, mode: int) -> tarfile.TarInfo:

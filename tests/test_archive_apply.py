@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import zstandard
-
 from archive_helpers import (
     END,
     TarBuilder,
@@ -24,6 +23,7 @@ from archive_helpers import (
     snapshot,
     tar_reference,
 )
+
 from ocistore import errors
 from ocistore.archive import ApplyResult, apply_layer, detect_compression
 from ocistore.oci import mediatypes
@@ -250,9 +250,7 @@ def test_gnu_tar_formats_round_trip(fmt: str, tmp_path: Path) -> None:
     os.symlink("exec", src / "d/link")
     os.link(src / "d/exec", src / "d/hard")
     (src / long).write_bytes(b"long name")
-    blob = subprocess.run(
-        ["tar", "-c", f"--format={fmt}", "-C", str(src), "."], check=True, capture_output=True
-    ).stdout
+    blob = subprocess.run(["tar", "-c", f"--format={fmt}", "-C", str(src), "."], check=True, capture_output=True).stdout
     dest = tmp_path / "dest"
     dest.mkdir()
     apply_bytes(blob, dest)
@@ -390,15 +388,19 @@ def test_ownership_restored_as_root_and_optional(tmp_path: Path) -> None:
 
 
 def test_xattrs_user_security_and_trusted_ignored(tmp_path: Path) -> None:
-    data = TarBuilder().file(
-        "f",
-        b"x",
-        **{
-            "SCHILY.xattr.user.one": "1",
-            "SCHILY.xattr.trusted.evil": "y",
-            "SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
-        },
-    ).bytes()
+    data = (
+        TarBuilder()
+        .file(
+            "f",
+            b"x",
+            **{
+                "SCHILY.xattr.user.one": "1",
+                "SCHILY.xattr.trusted.evil": "y",
+                "SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20" + "\x00" * 14,
+            },
+        )
+        .bytes()
+    )
     apply_bytes(data, tmp_path)
     names = os.listxattr(tmp_path / "f")
     assert os.getxattr(tmp_path / "f", "user.one") == b"1"

@@ -405,6 +405,8 @@ def _decimal(raw: bytes, name: str) -> int:
 
 
 def _limited_name(raw: bytes, what: str) -> bytes:
+    if b"\x00" in raw:
+        raise _bad(f"{what} contains a NUL byte")
     if len(raw) > MAX_NAME:
         raise errors.SizeLimitExceeded(f"{what} of {len(raw)} bytes exceeds the {MAX_NAME}-byte limit")
     return raw
@@ -465,6 +467,8 @@ def _apply_pax(entry: TarEntry, pax: dict[str, bytes], sparse_pairs: list[bytes]
         entry.atime_ns = _pax_time(raw, entry.name)
     for key, value in pax.items():
         if key.startswith("SCHILY.xattr."):
+            if "\x00" in key or len(key) == len("SCHILY.xattr."):
+                raise _bad(f"member {entry.name!r}: malformed xattr name {key[:80]!r}")
             if entry.xattrs is None:
                 entry.xattrs = {}
             entry.xattrs[key[len("SCHILY.xattr.") :]] = value
