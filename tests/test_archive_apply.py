@@ -532,3 +532,20 @@ def test_aufs_metadata_whiteouts_ignored(tmp_path: Path) -> None:
     data = TarBuilder().file(".wh..wh.plnk/123.456").file(".wh..wh.aufs").file("f", b"1").bytes()
     apply_bytes(data, tmp_path)
     assert sorted(os.listdir(tmp_path)) == [".wh..wh.plnk", "f"]
+
+
+def test_blob_digest_can_be_skipped(tmp_path: Path) -> None:
+    import hashlib
+
+    from ocistore.testing.layout import build_layer
+
+    blob, tar = build_layer({"etc/": None, "etc/hosts": "127.0.0.1 localhost\n"}, "zstd")
+    diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
+    (tmp_path / "a").mkdir()
+    result = apply_layer(io.BytesIO(blob), tmp_path / "a", expected_diff_id=diff_id, blob_digest=False)
+    assert result.digest == "" and result.diff_id == diff_id
+    assert (tmp_path / "a/etc/hosts").read_text() == "127.0.0.1 localhost\n"
+    (tmp_path / "b").mkdir()
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(errors.DigestMismatch):
+        apply_layer(io.BytesIO(blob), tmp_path / "b", expected_diff_id=wrong, blob_digest=False)

@@ -52,6 +52,7 @@ def apply_layer(
     same_owner: bool | None = None,
     progress: Callable[[int], None] | None = None,
     privileged: bool | None = None,
+    blob_digest: bool = True,
 ) -> ApplyResult:
     """Apply a layer blob (tar, tar+gzip or tar+zstd) read from ``stream`` onto ``root``.
 
@@ -65,7 +66,10 @@ def apply_layer(
     ``same_owner`` restores member ownership (default: when running as root);
     ``privileged`` allows creating device nodes (default: root outside a user
     namespace; otherwise they are skipped and counted). ``progress`` is called
-    with the number of compressed bytes read so far.
+    with the number of compressed bytes read so far. ``blob_digest=False`` skips hashing
+    the compressed bytes (``ApplyResult.digest`` is then ``""``) unless
+    ``expected_digest`` asks for it: a blob verified when it was stored needs no second
+    hash, and sha256 is the slowest step on CPUs without SHA extensions.
 
     Raises ``UnsafeArchive`` for members escaping the root, ``InvalidArgument``
     for corrupt or unsupported input, ``SizeLimitExceeded`` for oversized headers,
@@ -91,6 +95,7 @@ def apply_layer(
         digest_algorithm=digest_alg,
         diff_id_algorithm=diff_alg,
         expected_size=expected_size,
+        blob_digest=blob_digest or expected_digest is not None,
     )
     try:
         reader = TarReader(_chunks(pipeline, progress))

@@ -38,11 +38,13 @@ class Pipeline:
         digest_algorithm: str = "sha256",
         diff_id_algorithm: str = "sha256",
         expected_size: int | None = None,
+        blob_digest: bool = True,
     ) -> None:
         self._stream = stream
         self.compression = compression
         self._expected_size = expected_size
-        self._blob_hasher: Hasher = new_hasher(digest_algorithm)
+        # the compressed digest is optional: a blob verified when it was stored needs no second hash
+        self._blob_hasher: Hasher | None = new_hasher(digest_algorithm) if blob_digest else None
         self._diff_hasher: Hasher = new_hasher(diff_id_algorithm)
         self._blob_algorithm = digest_algorithm
         self._diff_algorithm = diff_id_algorithm
@@ -78,6 +80,8 @@ class Pipeline:
     @property
     def digest(self) -> str:
         """Digest of the compressed blob (valid once the stream is exhausted)."""
+        if self._blob_hasher is None:
+            return ""
         return f"{self._blob_algorithm}:{self._blob_hasher.hexdigest()}"
 
     @property
@@ -127,7 +131,8 @@ class Pipeline:
                 expected=str(limit),
                 actual=f">{limit}",
             )
-        self._blob_hasher.update(data)
+        if self._blob_hasher is not None:
+            self._blob_hasher.update(data)
         return data
 
     def _inflate(self) -> None:
@@ -156,7 +161,10 @@ class Pipeline:
     def _hash(self) -> None:
         src, dst = self._compressed_q, self._plain_q
         update = self._diff_hasher.update
-        same = self.compression == NONE and self._blob_algorithm == self._diff_algorithm
+        same = (
+            self.compression == NONE and self._blob_hasher is not None
+            and self._blob_algorithm == self._diff_algorithm
+        )
         while True:
             try:
                 item = src.get(timeout=0.1)
@@ -174,6 +182,7 @@ class Pipeline:
                 return
             if not isinstance(item, bytes):
                 if same and item is _DONE:
+                    assert self._blob_hasher is not None
                     self._diff_hasher = self._blob_hasher  # the same bytes: hashed once
                 return
 

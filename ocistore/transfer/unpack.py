@@ -238,7 +238,7 @@ def _apply(ctx: _Ctx, i: int, key: str) -> None:
         apply_layer(
             stream, ctx.sn.path(key), media_type=layer.media_type, overlay=overlay,
             # the blob was verified when it was committed; the diffID check covers the bytes applied
-            expected_diff_id=ctx.parts.diff_ids[i],
+            expected_diff_id=ctx.parts.diff_ids[i], blob_digest=False,
             lower_dirs=ctx.sn.parents_paths(key) if overlay else (),
             progress=(lambda n: progress.emit(lref, layer.digest, "layer", "extracting", n, layer.size))
             if progress else None,
