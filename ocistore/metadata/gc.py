@@ -497,34 +497,29 @@ def _old(entry: os.DirEntry[str], now: float, grace: float) -> bool:
         return False
 
 
-def _ref_locked(path: Path) -> bool:
-    """Whether a writer holds the ref lock file ``path`` (never creates the file)."""
+def _flock_held(path: str | Path, open_flags: int, lock: int) -> bool:
+    """Whether someone holds an flock conflicting with ``lock`` on ``path`` (never creates it)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, open_flags | os.O_CLOEXEC)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, lock | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:
         os.close(fd)
     return False
+
+
+def _ref_locked(path: Path) -> bool:
+    """Whether a writer holds the ref lock file ``path``."""
+    return _flock_held(path, os.O_RDONLY, fcntl.LOCK_SH)
 
 
 def _dir_busy(path: str) -> bool:
     """Whether someone holds an flock on the directory (a snapshotter building it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return _flock_held(path, os.O_RDONLY | os.O_DIRECTORY, fcntl.LOCK_EX)
 
 
 def find_orphans(
