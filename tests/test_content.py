@@ -146,3 +146,22 @@ def test_four_processes_commit_images_concurrently(tmp_path: Path) -> None:
         assert len(images) == 80
         for img in images:
             assert s.content.read(img.target.digest).startswith(b"manifest ")
+
+
+def _child_after_fork(root: str, q: mp.Queue[str]) -> None:
+    with Store(root) as s:
+        q.put(s.content.ingest(b"written by a forked child").digest)
+
+
+def test_store_usable_in_a_forked_child(tmp_path: Path) -> None:
+    ctx = mp.get_context("fork")
+    with Store(tmp_path) as s:
+        s.content.ingest(b"parent data")
+        q: mp.Queue[str] = ctx.Queue()
+        p = ctx.Process(target=_child_after_fork, args=(str(tmp_path), q))
+        p.start()
+        digest = q.get(timeout=60)
+        p.join(60)
+        assert p.exitcode == 0
+        assert s.content.read(digest) == b"written by a forked child"
+        s.content.ingest(b"parent still works")

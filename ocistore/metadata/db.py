@@ -148,6 +148,7 @@ class DB:
         except lmdb.Error as e:
             raise errors.Unavailable(f"cannot open metadata database {path}: {e}") from e
         self.handles = {name: self.env.open_db(name.encode()) for name in TABLES}
+        self.pid = os.getpid()
         self._refs = 0
         self._local = threading.local()
         self.dirty = 0  # deletions since the last gc (mutations that may free data)
@@ -159,6 +160,12 @@ class DB:
         real = os.path.realpath(path)
         with cls._registry_lock:
             db = cls._registry.get(real)
+            # LMDB environments must not be used across fork(): a child drops the inherited
+            # handle (closing it in the child releases nothing the parent holds) and opens its own.
+            if db is not None and db.pid != os.getpid():
+                with contextlib.suppress(lmdb.Error):
+                    db.env.close()
+                db = None
             if db is None or db._refs <= 0:
                 db = cls(real)
                 cls._registry[real] = db
@@ -166,6 +173,8 @@ class DB:
             return db
 
     def release(self) -> None:
+        if self.pid != os.getpid():
+            return  # inherited through fork(): belongs to the parent
         with self._registry_lock:
             self._refs -= 1
             if self._refs <= 0:
