@@ -305,3 +305,70 @@ def test_lazy_unpack_of_crafted_image_native(store: Store, tmp_path: Path) -> No
     root = Path(c.mounts[0].source)
     assert sorted(p.name for p in (root / "etc").iterdir()) == ["b", "c"]
     assert os.readlink(root / "lib/y") == "x"
+
+
+def _raw_layout(root: Path, name: str, tars: list[bytes], diff_ids: list[str] | None = None) -> None:
+    """An OCI layout from raw (possibly hostile) tar streams, gzip-compressed."""
+    import gzip
+    import hashlib
+
+    def put(data: bytes) -> dict[str, Any]:
+        d = "sha256:" + hashlib.sha256(data).hexdigest()
+        p = root / "blobs/sha256" / d[7:]
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        return {"digest": d, "size": len(data)}
+
+    layers = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(gzip.compress(t))} for t in tars]
+    ids = diff_ids or ["sha256:" + hashlib.sha256(t).hexdigest() for t in tars]
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": ids}}
+    cdesc = {"mediaType": "application/vnd.oci.image.config.v1+json", **put(json.dumps(config).encode())}
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": cdesc, "layers": layers}
+    mdesc = {"mediaType": "application/vnd.oci.image.manifest.v1+json", **put(json.dumps(manifest).encode()),
+             "annotations": {"io.containerd.image.name": name}}
+    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [mdesc]}))
+
+
+def _tar(members: list[tuple[str, bytes]]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("snapshotter", ["native", pytest.param("overlayfs", marks=needs_mount)])
+def test_hostile_images_fail_cleanly(tmp_path: Path, snapshotter: str) -> None:
+    """A layer escaping its root and a config lying about diff IDs: typed errors, nothing
+    written outside, no committed snapshot, and the store still checks clean."""
+    sentinel = tmp_path / "outside"
+    sentinel.mkdir()
+    good = _tar([("etc/hostname", b"ok\n")])
+    escape = _tar([("../../outside/pwned", b"x"), ("etc/x", b"y")])
+    _raw_layout(tmp_path / "evil", "example.com/evil:1", [good, escape])
+    _raw_layout(tmp_path / "liar", "example.com/liar:1", [good], diff_ids=["sha256:" + "1" * 64])
+    with Store(tmp_path / "root") as s:
+        s.import_archive(tmp_path / "evil", fetch_only=True)
+        s.import_archive(tmp_path / "liar", fetch_only=True)
+        with pytest.raises(errors.UnsafeArchive):
+            s.containers.create("evil", "example.com/evil:1", snapshotter=snapshotter)
+        with pytest.raises(errors.DigestMismatch):
+            s.containers.create("liar", "example.com/liar:1", snapshotter=snapshotter)
+        assert list(sentinel.iterdir()) == []
+        assert s.containers.list() == []
+        committed = [i.name for i in s.snapshots(snapshotter).walk() if i.kind.value == "committed"]
+        # only the good first layer of the evil image may have been committed
+        assert len(committed) <= 1
+        assert not [i for i in s.snapshots(snapshotter).walk() if i.kind.value == "active"]
+        s.images.delete("example.com/evil:1")
+        s.images.delete("example.com/liar:1")
+        s.gc()
+        report = s.check()
+        assert report.ok, report.problems
+        assert list(s.snapshots(snapshotter).walk()) == []
