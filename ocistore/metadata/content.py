@@ -169,9 +169,13 @@ class NamespacedContent:
         if expected:
             validate_digest(expected)
         total = total or 0
-        with self.db.write() as txn:
-            if expected and self._record(txn, expected) is not None:
-                self.db.add_to_lease(txn, self.ns, "content", expected)
+        if expected:
+            with self.db.read() as rtxn:
+                present = self._record(rtxn, expected) is not None
+            if present:
+                if self.db.current_lease(self.ns) is not None:
+                    with self.db.write() as txn:  # hold it for the caller's lease (containerd 2.9 step 1)
+                        self.db.add_to_lease(txn, self.ns, "content", expected)
                 raise errors.AlreadyExists(f"content {expected} already exists in namespace {self.ns!r}")
         bref = self._bref(ref)
         shared_size = -1
