@@ -187,18 +187,18 @@ class Transport:
         for pool in pools:
             pool.clear()
 
-    def _pool(self, tls: TLSConfig) -> urllib3.PoolManager:
+    def _pool(self, tls: TLSConfig, url: str = "https:") -> urllib3.PoolManager:
+        """The pool manager of a TLS configuration; its SSL context is built on the first
+        https request only (plain-HTTP registries never pay for loading CA certificates)."""
         with self._lock:
             pool = self._pools.get(tls)
             if pool is None:
-                pool = urllib3.PoolManager(
-                    num_pools=32,
-                    maxsize=max(1, self.options.max_concurrent_downloads),
-                    ssl_context=_ssl_context(tls),
-                )
+                pool = urllib3.PoolManager(num_pools=32, maxsize=max(1, self.options.max_concurrent_downloads))
                 if not tls.verify:
                     pool.pool_classes_by_scheme = {"http": HTTPConnectionPool, "https": _InsecurePool}
                 self._pools[tls] = pool
+            if url.startswith("https:") and "ssl_context" not in pool.connection_pool_kw:
+                pool.connection_pool_kw["ssl_context"] = _ssl_context(tls)
             return pool
 
     def url(self, host: RegistryHost, path: str) -> str:
@@ -233,7 +233,7 @@ class Transport:
         while True:
             req_headers = self._headers(host, headers, scopes if same_origin else None)
             try:
-                resp = self._pool(host.tls).urlopen(
+                resp = self._pool(host.tls, url).urlopen(
                     method,
                     url,
                     body=body,
@@ -326,7 +326,7 @@ class Transport:
         all_headers = {"User-Agent": self.options.user_agent, **headers}
         while True:
             try:
-                resp = self._pool(host.tls).urlopen(
+                resp = self._pool(host.tls, url).urlopen(
                     method,
                     url,
                     body=body,
