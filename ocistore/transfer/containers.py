@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -28,16 +27,9 @@ __all__ = ["Container", "Containers"]
 
 
 @attrs.frozen
-class Container:
-    """A container's record; ``mounts`` gives the mounts of its root filesystem."""
+class Container(ContainerRecord):
+    """A container's record, bound to its store: ``mounts`` gives its root filesystem's mounts."""
 
-    id: str
-    image: str
-    snapshotter: str
-    snapshot_key: str
-    labels: dict[str, str] = attrs.field(factory=dict, hash=False)
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
     store: Store | None = attrs.field(default=None, eq=False, repr=False, hash=False)
 
     @property
