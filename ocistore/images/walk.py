@@ -16,7 +16,7 @@ from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.identity import chain_ids
 from ocistore.oci.manifest import ImageConfig, Index, Manifest, parse_config, parse_index, parse_manifest
-from ocistore.oci.platform import Platform, PlatformMatcher, matcher_for, only, preference_key
+from ocistore.oci.platform import Platform, PlatformMatcher, matcher_for, preference_key
 
 if TYPE_CHECKING:
     from ocistore.store import Store
@@ -86,8 +86,7 @@ def resolve_matcher(platform: Any = None, strict: bool = True) -> PlatformMatche
 
 
 def filter_manifests(
-    provider: ReadProvider | None, manifests: Sequence[Descriptor], matcher: PlatformMatcher | None,
-    limit: int = 0,
+    manifests: Sequence[Descriptor], matcher: PlatformMatcher | None, limit: int = 0,
 ) -> list[Descriptor]:
     """containerd's ``FilterPlatforms`` + ``LimitManifests``: keep matching children, best first.
 
@@ -152,7 +151,7 @@ def image_parts(
     index: Index | None = None
     if mt.is_index(target.media_type):
         index = parse_index(provider.read(target.digest), target.media_type)
-        candidates = filter_manifests(provider, index.manifests, matcher)
+        candidates = filter_manifests(index.manifests, matcher)
         for desc in candidates:
             if not mt.is_manifest(desc.media_type) and not mt.is_index(desc.media_type):
                 continue
@@ -198,8 +197,3 @@ def image_size(store: Store, name: str, platform: Any = None) -> int:
         total += parts.manifest_desc.size
     total += parts.manifest.config.size + sum(d.size for d in parts.manifest.layers)
     return total
-
-
-def default_unpack_matcher() -> PlatformMatcher:
-    """containerd's ``platforms.Default()``: the host, non-strict."""
-    return only(Platform.host())

@@ -21,7 +21,7 @@ from ocistore.images.walk import image_parts, resolve_matcher
 from ocistore.metadata.images import Image
 from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
-from ocistore.oci.digest import algorithm_of, digest_bytes, encoded
+from ocistore.oci.digest import algorithm_of, encoded
 from ocistore.oci.manifest import parse_index, parse_manifest
 from ocistore.oci.reference import parse_reference
 from ocistore.transfer.fetch import fetch_graph
@@ -317,6 +317,3 @@ def _write_tar(store: Store, path: Path, files: list[tuple[str, bytes]], blobs: 
             tmp.unlink()
         raise
 
-
-def _digest_of(data: bytes) -> str:
-    return digest_bytes(data)

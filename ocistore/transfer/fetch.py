@@ -171,7 +171,7 @@ def fetch_graph(
         if mt.is_index(desc.media_type):
             index = parse_index(content.read(desc.digest), desc.media_type)
             _label_parent(content, desc, list(index.manifests))
-            for child in filter_manifests(content, index.manifests, matcher, limit):
+            for child in filter_manifests(index.manifests, matcher, limit):
                 visit(child)
         elif mt.is_manifest(desc.media_type):
             manifest = parse_manifest(content.read(desc.digest), desc.media_type)
