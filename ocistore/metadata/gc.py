@@ -153,36 +153,36 @@ def _snapshot_ref(ns: str, k: str, pfx: str, value: str) -> Node | None:
     return (SNAPSHOT, ns, f"{snapshotter}/{value}")
 
 
-def label_refs(ns: str, labels: Iterable[tuple[str, str]]) -> Iterator[Node]:
-    """Forward references declared by ``containerd.io/gc.ref.*`` labels."""
+def _label_nodes(
+    ns: str, labels: Iterable[tuple[str, str]], named: tuple[tuple[str, int], ...], snapshot_prefix: str
+) -> Iterator[Node]:
+    """Nodes named by labels: ``named`` maps a prefix (exact, or followed by ``.``/``/``) to a
+    node type; ``<snapshot_prefix><snapshotter>[/...]`` names a snapshot."""
     for k, v in labels:
-        if k.startswith(LABEL_REF_CONTENT):
-            if _named(k, LABEL_REF_CONTENT):
-                yield (CONTENT, ns, v)
-        elif k.startswith(LABEL_REF_SNAPSHOT):
-            node = _snapshot_ref(ns, k, LABEL_REF_SNAPSHOT, v)
+        if k.startswith(snapshot_prefix):
+            node = _snapshot_ref(ns, k, snapshot_prefix, v)
             if node is not None:
                 yield node
-        elif k.startswith(LABEL_REF_IMAGE) and _named(k, LABEL_REF_IMAGE):
-            yield (IMAGE, ns, v)
+            continue
+        for pfx, kind in named:
+            if k.startswith(pfx):
+                if _named(k, pfx):
+                    yield (kind, ns, v)
+                break
+
+
+_REF_KINDS = ((LABEL_REF_CONTENT, CONTENT), (LABEL_REF_IMAGE, IMAGE))
+_BREF_KINDS = ((LABEL_BREF_CONTAINER, CONTAINER), (LABEL_BREF_CONTENT, CONTENT), (LABEL_BREF_IMAGE, IMAGE))
+
+
+def label_refs(ns: str, labels: Iterable[tuple[str, str]]) -> Iterator[Node]:
+    """Forward references declared by ``containerd.io/gc.ref.*`` labels."""
+    return _label_nodes(ns, labels, _REF_KINDS, LABEL_REF_SNAPSHOT)
 
 
 def label_brefs(ns: str, labels: Iterable[tuple[str, str]]) -> Iterator[Node]:
     """Parents named by ``containerd.io/gc.bref.*`` labels (the child is kept with them)."""
-    for k, v in labels:
-        if k.startswith(LABEL_BREF_CONTAINER):
-            if _named(k, LABEL_BREF_CONTAINER):
-                yield (CONTAINER, ns, v)
-        elif k.startswith(LABEL_BREF_CONTENT):
-            if _named(k, LABEL_BREF_CONTENT):
-                yield (CONTENT, ns, v)
-        elif k.startswith(LABEL_BREF_IMAGE):
-            if _named(k, LABEL_BREF_IMAGE):
-                yield (IMAGE, ns, v)
-        elif k.startswith(LABEL_BREF_SNAPSHOT):
-            node = _snapshot_ref(ns, k, LABEL_BREF_SNAPSHOT, v)
-            if node is not None:
-                yield node
+    return _label_nodes(ns, labels, _BREF_KINDS, LABEL_BREF_SNAPSHOT)
 
 
 def _gc_labels(labels: dict[str, str] | None) -> list[tuple[str, str]]:
