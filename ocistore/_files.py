@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import uuid
 from pathlib import Path
+
+from ocistore import errors
 
 __all__ = ["allocated_bytes", "atomic_write", "disk_full", "fsync_dir", "remove_tree"]
 
@@ -15,8 +18,6 @@ _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 def disk_full(exc: OSError, what: str) -> Exception:
     """``errors.Unavailable`` for a full disk or quota (the caller raises it ``from exc``); else ``exc``."""
-    from ocistore import errors
-
     if exc.errno in _DISK_FULL:
         return errors.Unavailable(f"{what}: no space left on device ({exc.strerror}); free space and retry")
     return exc
@@ -59,8 +60,6 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, sync: bool = True
 
 def remove_tree(path: str | os.PathLike[str]) -> None:
     """``rm -rf``: also removes read-only entries; a missing path is fine."""
-    import shutil
-
     def onerror(func: object, p: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
         exc = exc_info[1]
         if isinstance(exc, FileNotFoundError):

@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from ocistore import errors
+from ocistore.layout import RootLayout
 
 __all__ = ["keyed_lock"]
 
 
 @contextlib.contextmanager
-def keyed_lock(root: Path, name: str, timeout: float = 3600.0) -> Iterator[None]:
-    """Hold the lock ``name`` of store ``root`` (e.g. ``unpack/<ns>/<sn>/<chainID>``).
+def keyed_lock(layout: RootLayout, name: str, timeout: float = 3600.0) -> Iterator[None]:
+    """Hold the lock ``name`` of the store laid out as ``layout`` (e.g. ``unpack/<ns>/<sn>/<chainID>``).
 
     Lock files are never deleted (they are tiny and keyed by a hash), which keeps the
     protocol free of unlink races.
     """
-    d = root / "tmp" / "locks"
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".lock")
+    path = layout.lock_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         deadline = time.monotonic() + timeout

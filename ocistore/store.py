@@ -9,23 +9,31 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ocistore import errors
 from ocistore._files import remove_tree
 from ocistore.content.local import LocalStore
+from ocistore.images.image import image_size
+from ocistore.layout import RootLayout
 from ocistore.metadata.containers import ContainerRecords
 from ocistore.metadata.content import NamespacedContent
 from ocistore.metadata.db import DB
+from ocistore.metadata.gc import GCStats, collect
 from ocistore.metadata.images import Image, ImageStore
-
-if TYPE_CHECKING:
-    from ocistore.metadata.check import CheckReport
-    from ocistore.metadata.gc import GCStats
-    from ocistore.metadata.leases import Lease, LeaseManager
-    from ocistore.snapshots import Snapshotter
-    from ocistore.transfer.containers import Containers
+from ocistore.metadata.labels import validate_labels
+from ocistore.metadata.leases import Lease, LeaseManager, lease_context
+from ocistore.oci.platform import PlatformArg
+from ocistore.snapshots import Snapshotter, open_snapshotter
+from ocistore.transfer import pull as _pull
+from ocistore.transfer.check import CheckReport, check
+from ocistore.transfer.containers import Containers
+from ocistore.transfer.context import OperationContext
+from ocistore.transfer.exports import export_archive
+from ocistore.transfer.imports import import_archive
+from ocistore.transfer.progress import ProgressEvent
+from ocistore.transfer.unpack import is_unpacked, unpack_image
+from ocistore.transfer.usage import DiskUsage, disk_usage
 
 __all__ = ["Store"]
 
@@ -34,6 +42,7 @@ REGISTRY_OPTIONS = ("hosts_dir", "credentials", "plain_http", "skip_verify", "ca
 
 
 def validate_namespace(ns: str) -> str:
+    """``ns`` if it is a valid namespace name (containerd's rules), else InvalidArgument."""
     if not isinstance(ns, str) or not ns or len(ns) > 76 or not _NS_RE.fullmatch(ns) or ns == "version":
         raise errors.InvalidArgument(
             f"invalid namespace {ns!r}: use letters, digits and single '.', '_' or '-' between them "
@@ -57,28 +66,29 @@ class Store:
         if unknown:
             raise TypeError(f"unknown Store option(s): {', '.join(sorted(unknown))}")
         self.namespace = validate_namespace(namespace)
-        self.root = Path(root).absolute()
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "tmp").mkdir(exist_ok=True)
+        self.layout = RootLayout(root)
+        self.root = self.layout.root
+        self.layout.create()
         self.registry_options: dict[str, Any] = dict(registry)
-        self.db = DB.open(str(self.root / "metadata.lmdb"))
+        self.db = DB.open(str(self.layout.metadata))
         self._closed = False
-        self._shared_root_objects()
+        self._backend = LocalStore(self.layout.content)
         self.content_sharing = content_sharing
         self.content = NamespacedContent(self.db, self.namespace, self._backend, content_sharing)
         self.images = ImageStore(self.db, self.namespace, gc=self.gc)
-        self._container_records = ContainerRecords(self.db, self.namespace)
         self._snapshotters: dict[str, Snapshotter] = {}
         self._lock = threading.Lock()
+        self._ops = OperationContext(
+            namespace=self.namespace, layout=self.layout, content=self.content, images=self.images,
+            snapshotter=self.snapshots, leases=self.leases,
+        )
+        self._containers = Containers(self._ops, ContainerRecords(self.db, self.namespace))
         self._clean_tmp()
-
-    def _shared_root_objects(self) -> None:
-        self._backend = LocalStore(self.root / "content")
 
     def _clean_tmp(self, older_than: float = 24 * 3600) -> None:
         cutoff = time.time() - older_than
-        for entry in os.scandir(self.root / "tmp"):
-            if entry.name == "locks":
+        for entry in os.scandir(self.layout.tmp):
+            if entry.name == self.layout.locks.name:
                 continue
             try:
                 if entry.stat(follow_symlinks=False).st_mtime < cutoff:
@@ -92,6 +102,7 @@ class Store:
         return Store(self.root, namespace, content_sharing=self.content_sharing, **self.registry_options)
 
     def close(self) -> None:
+        """Release the snapshotters and this view's hold on the shared LMDB environment."""
         if self._closed:
             return
         self._closed = True
@@ -115,27 +126,22 @@ class Store:
 
     def set_labels(self, labels: Mapping[str, str]) -> None:
         """Replace this namespace's labels."""
-        from ocistore.metadata.labels import validate_labels
-
         self.db.set_namespace_labels(self.namespace, validate_labels(labels, f"namespace {self.namespace}: "))
 
     # -- snapshots ------------------------------------------------------------------------------------
     def snapshots(self, name: str = "overlayfs") -> Snapshotter:
         """The snapshotter ``name`` ("overlayfs" or "native") for this namespace."""
-        from ocistore.snapshots import open_snapshotter
-
         with self._lock:
             sn = self._snapshotters.get(name)
             if sn is None:
-                sn = open_snapshotter(name, self.db, self.namespace, self.root)
+                sn = open_snapshotter(name, self.db, self.namespace, self.layout)
                 self._snapshotters[name] = sn
             return sn
 
     # -- leases and gc ----------------------------------------------------------------------------------
     @property
     def leases(self) -> LeaseManager:
-        from ocistore.metadata.leases import LeaseManager
-
+        """The leases of this namespace."""
         return LeaseManager(self.db, self.namespace, gc=self.gc)
 
     @contextmanager
@@ -144,38 +150,22 @@ class Store:
         id: str | None = None,
     ) -> Iterator[Lease]:
         """Create a lease that this thread's operations join; deleted on exit."""
-        from ocistore.metadata.leases import lease_context
-
         with lease_context(self.leases, expire=expire, labels=labels, id=id) as lease:
             yield lease
 
-    @contextmanager
-    def _operation_lease(self) -> Iterator[None]:
-        """Run an operation under the caller's lease, or a temporary 24 h one."""
-        if self.db.current_lease(self.namespace) is not None:
-            yield
-            return
-        with self.lease(expire=timedelta(hours=24)):
-            yield
-
     def gc(self) -> GCStats:
         """Collect everything unreachable from the roots (all namespaces of the root)."""
-        from ocistore.metadata.gc import collect
-
-        return collect(self.db, self.root)
+        return collect(self.db, self.layout)
 
     def check(self, repair: bool = False) -> CheckReport:
         """Verify blobs, records and snapshot chains; ``repair`` removes orphans only."""
-        from ocistore.metadata.check import check
-
-        return check(self.db, self.root, repair=repair)
+        return check(self.db, self.layout, repair=repair)
 
     # -- containers ---------------------------------------------------------------------------------------
     @property
     def containers(self) -> Containers:
-        from ocistore.transfer.containers import Containers
-
-        return Containers(self)
+        """The containers of this namespace (``create`` unpacks a fetched image lazily)."""
+        return self._containers
 
     # -- operations (ocistore.transfer) ----------------------------------------------------------------
     def _registry(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,67 +173,52 @@ class Store:
         opts.update({k: v for k, v in overrides.items() if k in REGISTRY_OPTIONS and v is not None})
         return opts
 
-    def fetch(self, ref: str, platform: Any = None, strict: bool = True, all_platforms: bool = False,
-              progress: Callable[[Any], None] | None = None, **options: Any) -> Image:
+    def fetch(self, ref: str, platform: PlatformArg = None, strict: bool = True, all_platforms: bool = False,
+              progress: Callable[[ProgressEvent], None] | None = None, **options: Any) -> Image:
         """Download an image's blobs and record it; nothing is unpacked."""
-        from ocistore.transfer.pull import fetch
+        with self._ops.lease():
+            return _pull.fetch(self._ops, ref, platform=platform, strict=strict, all_platforms=all_platforms,
+                               progress=progress, registry=self._registry(options), **_rest(options))
 
-        with self._operation_lease():
-            return fetch(self, ref, platform=platform, strict=strict, all_platforms=all_platforms,
-                         progress=progress, registry=self._registry(options), **_rest(options))
-
-    def pull(self, ref: str, snapshotter: str = "overlayfs", platform: Any = None,
-             progress: Callable[[Any], None] | None = None, **options: Any) -> Image:
+    def pull(self, ref: str, snapshotter: str = "overlayfs", platform: PlatformArg = None,
+             progress: Callable[[ProgressEvent], None] | None = None, **options: Any) -> Image:
         """Fetch and unpack (see ``unpack=`` for the size policy)."""
-        from ocistore.transfer.pull import pull
-
-        with self._operation_lease():
-            return pull(self, ref, snapshotter=snapshotter, platform=platform, progress=progress,
-                        registry=self._registry(options), **_rest(options))
+        with self._ops.lease():
+            return _pull.pull(self._ops, ref, snapshotter=snapshotter, platform=platform, progress=progress,
+                              registry=self._registry(options), **_rest(options))
 
     def unpack(self, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
-               progress: Callable[[Any], None] | None = None, platform: Any = None) -> str:
+               progress: Callable[[ProgressEvent], None] | None = None, platform: PlatformArg = None) -> str:
         """Unpack a fetched image into ``snapshotter``; returns the top chain ID."""
-        from ocistore.transfer.unpack import unpack_image
-
-        with self._operation_lease():
-            return unpack_image(self, name, snapshotter=snapshotter, snapshot_labels=snapshot_labels,
+        with self._ops.lease():
+            return unpack_image(self._ops, name, snapshotter=snapshotter, snapshot_labels=snapshot_labels,
                                 progress=progress, platform=platform)
 
-    def is_unpacked(self, name: str, snapshotter: str = "overlayfs", platform: Any = None) -> bool:
-        from ocistore.transfer.unpack import is_unpacked
+    def is_unpacked(self, name: str, snapshotter: str = "overlayfs", platform: PlatformArg = None) -> bool:
+        """Whether the image's top chain ID is committed in ``snapshotter``."""
+        return is_unpacked(self._ops, name, snapshotter=snapshotter, platform=platform)
 
-        return is_unpacked(self, name, snapshotter=snapshotter, platform=platform)
-
-    def image_size(self, name: str, platform: Any = None) -> int:
+    def image_size(self, name: str, platform: PlatformArg = None) -> int:
         """Compressed bytes of every blob reachable for the selected platform (index included)."""
-        from ocistore.images.walk import image_size
+        return image_size(self.content, self.images.get(name).target, platform=platform)
 
-        return image_size(self, name, platform=platform)
-
-    def import_archive(self, path: str | os.PathLike[str], fetch_only: bool = False, platform: Any = None,
+    def import_archive(self, path: str | os.PathLike[str], fetch_only: bool = False, platform: PlatformArg = None,
                        snapshotter: str = "overlayfs", all_platforms: bool = False,
-                       progress: Callable[[Any], None] | None = None) -> list[Image]:
+                       progress: Callable[[ProgressEvent], None] | None = None) -> list[Image]:
         """Import an OCI layout (dir or tar) or a docker-archive; unpack unless ``fetch_only``."""
-        from ocistore.transfer.archive import import_archive
-
-        with self._operation_lease():
-            return import_archive(self, path, fetch_only=fetch_only, platform=platform,
+        with self._ops.lease():
+            return import_archive(self._ops, path, fetch_only=fetch_only, platform=platform,
                                   snapshotter=snapshotter, all_platforms=all_platforms, progress=progress)
 
-    def export_archive(self, path: str | os.PathLike[str], names: list[str] | str, platform: Any = None,
+    def export_archive(self, path: str | os.PathLike[str], names: list[str] | str, platform: PlatformArg = None,
                        all_platforms: bool = False, format: str = "oci") -> None:
         """Write images as an OCI layout tar/dir or a docker-archive."""
-        from ocistore.transfer.archive import export_archive
+        export_archive(self.content, self.images, path, [names] if isinstance(names, str) else list(names),
+                       platform=platform, all_platforms=all_platforms, format=format)
 
-        export_archive(self, path, [names] if isinstance(names, str) else list(names), platform=platform,
-                       all_platforms=all_platforms, format=format)
-
-    def disk_usage(self) -> Any:
+    def disk_usage(self) -> DiskUsage:
         """Bytes allocated on disk by content, ingests, snapshots and metadata."""
-        from ocistore.transfer.usage import disk_usage
-
-        return disk_usage(self)
+        return disk_usage(self.layout)
 
 
 def _rest(options: Mapping[str, Any]) -> dict[str, Any]:

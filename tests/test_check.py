@@ -11,8 +11,8 @@ import pytest
 from test_gc_support import blob_path, build_image, put_record, snapshot_dir, snapshot_record
 
 from ocistore import Store
-from ocistore.metadata.check import check
 from ocistore.metadata.db import key
+from ocistore.transfer.check import check
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ from ocistore import errors
 from ocistore.cli import pull
 from ocistore.cli.args import add_json_flag, for_each
 from ocistore.cli.context import Context
-from ocistore.cli.describe import completeness, find_image, image_json, image_platforms, image_size
+from ocistore.cli.describe import image_json, image_size
 from ocistore.cli.output import format_labels, human_size, print_json, print_table
+from ocistore.images.image import completeness, image_platforms
 from ocistore.metadata.images import Image
 from ocistore.oci.reference import parse_reference
 
@@ -129,7 +130,7 @@ def cmd_ls(ctx: Context, args: argparse.Namespace) -> int:
 def _ls_row(ctx: Context, img: Image) -> tuple[str, ...]:
     size = image_size(ctx.store, img)
     return (img.name, img.target.media_type, img.target.digest, "-" if size is None else human_size(size),
-            ",".join(image_platforms(ctx.store, img)) or "-", format_labels(img.labels))
+            ",".join(image_platforms(ctx.store.content, img.target)) or "-", format_labels(img.labels))
 
 
 def cmd_rm(ctx: Context, args: argparse.Namespace) -> int:
@@ -137,7 +138,7 @@ def cmd_rm(ctx: Context, args: argparse.Namespace) -> int:
     store = ctx.store
 
     def delete(name: str) -> None:
-        store.images.delete(find_image(store, name).name)
+        store.images.delete(store.images.find(name).name)
         if not ctx.json:
             ctx.out(name)
 
@@ -150,7 +151,7 @@ def cmd_rm(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_tag(ctx: Context, args: argparse.Namespace) -> int:
     """``images tag SRC DST...``: new records pointing at SRC's target."""
     store = ctx.store
-    source = find_image(store, args.source)
+    source = store.images.find(args.source)
 
     def tag(target: str) -> None:
         name = str(parse_reference(target))
@@ -170,7 +171,7 @@ def cmd_tag(ctx: Context, args: argparse.Namespace) -> int:
 # -- operations ------------------------------------------------------------------------------------------
 def cmd_unpack(ctx: Context, args: argparse.Namespace) -> int:
     """``images unpack NAME``: prints the top chain ID."""
-    name = find_image(ctx.store, args.name).name
+    name = ctx.store.images.find(args.name).name
     with pull.progress_of(ctx) as progress:
         chain_id = ctx.store.unpack(name, snapshotter=args.snapshotter, progress=progress,
                                     platform=args.platform)
@@ -220,7 +221,7 @@ def _input_path(ctx: Context, file: str) -> Iterator[Path]:
 def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
     """``images export OUT NAME...`` (ctr's argument order)."""
     store = ctx.store
-    names = [find_image(store, n).name for n in args.names]
+    names = [store.images.find(n).name for n in args.names]
     if args.out != "-":
         store.export_archive(args.out, names, platform=args.platform, all_platforms=args.all_platforms,
                              format=args.format)
@@ -243,7 +244,7 @@ def cmd_size(ctx: Context, args: argparse.Namespace) -> int:
     results: list[dict[str, object]] = []
 
     def size(name: str) -> None:
-        image = find_image(store, name)
+        image = store.images.find(name)
         results.append({"name": image.name, "size": store.image_size(image.name, platform=args.platform)})
 
     status = for_each(ctx, args.names, size)
@@ -260,7 +261,7 @@ def cmd_check(ctx: Context, args: argparse.Namespace) -> int:
     store = ctx.store
     if args.names:
         images: list[Image] = []
-        status = for_each(ctx, args.names, lambda n: images.append(find_image(store, n)))
+        status = for_each(ctx, args.names, lambda n: images.append(store.images.find(n)))
     else:
         images, status = sorted(store.images.list(), key=lambda i: i.name), 0
     rows = [_check_row(ctx, img, args) for img in images]
@@ -276,7 +277,7 @@ def cmd_check(ctx: Context, args: argparse.Namespace) -> int:
 
 def _check_row(ctx: Context, img: Image, args: argparse.Namespace) -> dict[str, Any]:
     store = ctx.store
-    state = completeness(store, img, args.platform)
+    state = completeness(store.content, img.target, args.platform)
     try:
         unpacked = state.complete and store.is_unpacked(img.name, snapshotter=args.snapshotter,
                                                         platform=args.platform)

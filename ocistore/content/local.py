@@ -14,7 +14,6 @@ This layer knows nothing of namespaces or labels: the metadata layer adds those.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator
 from datetime import datetime
@@ -25,7 +24,8 @@ from ocistore import _time, errors
 from ocistore._files import atomic_write, disk_full, fsync_dir, remove_tree
 from ocistore.content.locks import RefLock
 from ocistore.content.types import ContentInfo, IngestStatus
-from ocistore.oci.digest import ALGORITHMS, Hasher, algorithm_of, encoded, new_hasher, validate_digest
+from ocistore.layout import ContentLayout
+from ocistore.oci.digest import Hasher, algorithm_of, new_hasher, validate_digest
 
 __all__ = ["LocalStore", "LocalWriter"]
 
@@ -35,26 +35,25 @@ _CHUNK = 1 << 20
 class LocalStore:
     """Blobs and ingests under one directory."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-        self.blobs_dir = self.root / "blobs"
-        self.ingest_dir = self.root / "ingest"
-        self.blobs_dir.mkdir(parents=True, exist_ok=True)
-        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, root: str | os.PathLike[str] | ContentLayout) -> None:
+        """Open (creating if needed) the blob store in ``root`` (a directory or its layout)."""
+        self.layout = root if isinstance(root, ContentLayout) else ContentLayout(Path(root))
+        self.root = self.layout.root
+        self.blobs_dir = self.layout.blobs
+        self.ingest_dir = self.layout.ingest
+        self.layout.create()
 
     # -- paths -----------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
         """Path of a blob; the digest is validated first (it may come from the network)."""
-        return self.blobs_dir / algorithm_of(digest) / encoded(digest)
-
-    def _ingest_key(self, ref: str) -> str:
-        return hashlib.sha256(ref.encode()).hexdigest()
+        return self.layout.blob_path(digest)
 
     def ingest_path(self, ref: str) -> Path:
-        return self.ingest_dir / self._ingest_key(ref)
+        """The directory of the ingest ``ref``."""
+        return self.layout.ingest_path(ref)
 
     def _lock(self, ref: str) -> RefLock:
-        return RefLock(str(self.ingest_dir / f"{self._ingest_key(ref)}.lock"), f"ingest ref {ref!r}")
+        return RefLock(str(self.layout.ingest_lock(self.layout.ingest_key(ref))), f"ingest ref {ref!r}")
 
     # -- reading ---------------------------------------------------------------------------
     def exists(self, digest: str) -> bool:
@@ -80,8 +79,7 @@ class LocalStore:
             raise errors.NotFound(f"content {digest} not found (blob missing from the store)") from None
 
     def walk(self) -> Iterator[ContentInfo]:
-        for alg in sorted(ALGORITHMS):
-            d = self.blobs_dir / alg
+        for alg, d in self.layout.algorithms():
             if not d.is_dir():
                 continue
             for entry in os.scandir(d):

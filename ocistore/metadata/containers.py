@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -37,8 +38,6 @@ def _from_record(cid: str, rec: Mapping[str, Any]) -> ContainerRecord:
 
 
 def validate_id(cid: str, what: str = "container") -> None:
-    import re
-
     if not cid or len(cid) > 76 or not re.fullmatch(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*", cid):
         raise errors.InvalidArgument(
             f"invalid {what} id {cid!r}: use letters, digits and single '.', '_' or '-' between them "

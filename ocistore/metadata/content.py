@@ -20,10 +20,11 @@ from ocistore import _time, errors
 from ocistore.content.local import LocalStore, LocalWriter
 from ocistore.content.locks import RefLock
 from ocistore.content.types import ContentInfo, IngestStatus
+from ocistore.filters import label_adaptor, parse_filters
 from ocistore.metadata.db import DB, Txn, key, prefix, split_key
 from ocistore.metadata.labels import apply_fieldpaths, validate_labels
 from ocistore.oci.descriptor import Descriptor
-from ocistore.oci.digest import EMPTY_DIGEST, validate_digest
+from ocistore.oci.digest import EMPTY_DIGEST, algorithm_of, digest_bytes, validate_digest
 
 __all__ = ["NamespacedContent", "NamespacedWriter"]
 
@@ -88,8 +89,6 @@ class NamespacedContent:
             )
         with self.backend.open(digest) as f:
             data = f.read(info.size + 1)
-        from ocistore.oci.digest import algorithm_of, digest_bytes
-
         actual = digest_bytes(data, algorithm_of(digest))
         if actual != digest or len(data) != info.size:
             raise errors.DigestMismatch(
@@ -100,8 +99,6 @@ class NamespacedContent:
         return data
 
     def walk(self, filters: str | list[str] | None = None) -> Iterator[ContentInfo]:
-        from ocistore.filters import label_adaptor, parse_filters
-
         flt = parse_filters(filters)
         with self.db.read() as txn:
             items = list(txn.scan("content", prefix(self.ns)))
@@ -184,8 +181,8 @@ class NamespacedContent:
             if total in (0, size):
                 shared_size = size
         if shared_size >= 0:
-            lock = RefLock(str(self.backend.ingest_dir / f"{self.backend._ingest_key(bref)}.lock"),
-                           f"ingest ref {ref!r}").acquire()
+            layout = self.backend.layout
+            lock = RefLock(str(layout.ingest_lock(layout.ingest_key(bref))), f"ingest ref {ref!r}").acquire()
             backend_writer: LocalWriter | None = None
         else:
             lock = None

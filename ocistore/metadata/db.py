@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 import lmdb
 
 from ocistore import errors
+from ocistore._time import now, to_ns
 
 __all__ = ["DB", "SCHEMA_VERSION", "Txn", "key", "prefix"]
 
@@ -227,8 +228,6 @@ class DB:
     def ensure_namespace(self, txn: Txn, ns: str) -> None:
         k = ns.encode()
         if not txn.has("namespaces", k):
-            from ocistore._time import now, to_ns
-
             txn.put("namespaces", k, {"labels": {}, "created_at": to_ns(now())})
 
     def namespaces(self) -> list[str]:

@@ -45,20 +45,15 @@ parents). A process killed anywhere leaves only orphans, which the next run remo
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import attrs
 
-from ocistore import _time, errors
-from ocistore._files import allocated_bytes, remove_tree
-from ocistore.content.locks import RefLock
+from ocistore import _time
+from ocistore.layout import ContentLayout, RootLayout
 from ocistore.metadata.db import DB, SEP, Txn, key, prefix
 from ocistore.metadata.gcmark import (
     CONTAINER,
@@ -72,7 +67,7 @@ from ocistore.metadata.gcmark import (
     Node,
     tricolor,
 )
-from ocistore.oci.digest import ALGORITHMS
+from ocistore.metadata.orphans import clean_backends
 
 __all__ = [
     "LABEL_BREF_CONTAINER",
@@ -85,15 +80,9 @@ __all__ = [
     "LABEL_REF_IMAGE",
     "LABEL_REF_SNAPSHOT",
     "LABEL_ROOT",
-    "INGEST_GRACE",
-    "NEW_DIR_GRACE",
     "GCStats",
-    "Orphan",
     "collect",
-    "find_orphans",
-    "list_orphans",
     "mark",
-    "remove_orphans",
 ]
 
 LABEL_ROOT = "containerd.io/gc.root"
@@ -108,12 +97,6 @@ LABEL_EXPIRE = "containerd.io/gc.expire"
 LABEL_FLAT = "containerd.io/gc.flat"
 _GC_PREFIX = "containerd.io/gc."
 
-NEW_DIR_GRACE = 3600.0
-"""Seconds a snapshotter's ``new-*`` build directory is left alone (it may be in progress)."""
-INGEST_GRACE = 60.0
-"""Seconds a fresh, unreferenced ingest directory or ref lock file is left alone (its writer
-may be between taking the lock and recording the ingest)."""
-_TRASH = "gc-rm-"
 
 
 @attrs.frozen
@@ -427,7 +410,7 @@ def _sweep(txn: Txn, dead: list[Node]) -> _Swept:
             txn.delete("ingests", key(ns, k))
             swept.ingests += 1
             if rec and rec.get("bref"):
-                swept.ingest_dirs.add(hashlib.sha256(str(rec["bref"]).encode()).hexdigest())
+                swept.ingest_dirs.add(ContentLayout.ingest_key(str(rec["bref"])))
         elif node[0] == CONTENT:
             txn.delete("content", key(ns, k))
             swept.content.add(k)
@@ -437,245 +420,10 @@ def _sweep(txn: Txn, dead: list[Node]) -> _Swept:
     return swept
 
 
-# -- backends --------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Orphan:
-    """A backend object that no metadata record references.
-
-    ``kind`` is ``"blob"``, ``"ingest"``, ``"ingest-lock"`` or ``"snapshot"``; ``name`` is
-    the digest, the ingest directory name or ``<snapshotter>/<directory>``.
-    """
-
-    kind: str
-    name: str
-    path: Path
-
-    def describe(self) -> str:
-        """One line for a report."""
-        what = {"blob": "blob file", "ingest": "ingest directory", "ingest-lock": "ingest lock file",
-                "snapshot": "snapshot directory"}[self.kind]
-        return f"orphan {what} {self.name} ({self.path}): no metadata record references it"
-
-
-@attrs.frozen
-class _Referenced:
-    digests: set[str]
-    ingest_dirs: set[str]
-    snapshot_ids: dict[str, set[str]]
-
-
-def _referenced(txn: Txn) -> _Referenced:
-    digests = {k.decode().split(SEP, 1)[1] for k in txn.keys("content")}
-    ingest_dirs: set[str] = set()
-    for _, rec in txn.scan("ingests"):
-        if rec.get("expected"):
-            digests.add(str(rec["expected"]))
-        if rec.get("bref"):
-            ingest_dirs.add(hashlib.sha256(str(rec["bref"]).encode()).hexdigest())
-    ids: dict[str, set[str]] = {}
-    for k, rec in txn.scan("snapshots"):
-        sn = k.decode().split(SEP, 2)[1]
-        ids.setdefault(sn, set()).add(str(rec.get("id", "")))
-    return _Referenced(digests, ingest_dirs, ids)
-
-
-def _scandir(path: Path) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(path) as it:
-            return list(it)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _old(entry: os.DirEntry[str], now: float, grace: float) -> bool:
-    """Whether ``entry`` was last modified more than ``grace`` seconds before ``now``."""
-    try:
-        return now - entry.stat(follow_symlinks=False).st_mtime > grace
-    except FileNotFoundError:
-        return False
-
-
-def _flock_held(path: str | Path, open_flags: int, lock: int) -> bool:
-    """Whether someone holds an flock conflicting with ``lock`` on ``path`` (never creates it)."""
-    try:
-        fd = os.open(path, open_flags | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, lock | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _ref_locked(path: Path) -> bool:
-    """Whether a writer holds the ref lock file ``path``."""
-    return _flock_held(path, os.O_RDONLY, fcntl.LOCK_SH)
-
-
-def _dir_busy(path: str) -> bool:
-    """Whether someone holds an flock on the directory (a snapshotter building it)."""
-    return _flock_held(path, os.O_RDONLY | os.O_DIRECTORY, fcntl.LOCK_EX)
-
-
-def find_orphans(
-    txn: Txn, root: str | os.PathLike[str], now: float | None = None
-) -> list[Orphan]:
-    """Backend objects that no record of any namespace references (``txn`` pins the records).
-
-    Ingest directories and ``new-*`` snapshot build directories in use are not orphans.
-    Snapshot directories are listed children first (highest id first).
-    """
-    return _find_orphans(_referenced(txn), root, now)
-
-
-def _find_orphans(ref: _Referenced, root: str | os.PathLike[str], now: float | None) -> list[Orphan]:
-    root = Path(root)
-    now = time.time() if now is None else now
-    out: list[Orphan] = []
-    blobs = root / "content" / "blobs"
-    for alg in sorted(ALGORITHMS):
-        for e in _scandir(blobs / alg):
-            digest = f"{alg}:{e.name}"
-            if digest not in ref.digests and len(e.name) == ALGORITHMS[alg]:
-                out.append(Orphan("blob", digest, Path(e.path)))
-    ingest = root / "content" / "ingest"
-    entries = _scandir(ingest)
-    dirs = {e.name for e in entries if e.is_dir(follow_symlinks=False)}
-    for e in entries:
-        if e.is_dir(follow_symlinks=False):
-            if e.name not in ref.ingest_dirs and _old(e, now, INGEST_GRACE) and not _ref_locked(
-                ingest / f"{e.name}.lock"
-            ):
-                out.append(Orphan("ingest", e.name, Path(e.path)))
-        elif e.name.endswith(".lock"):
-            name = e.name[: -len(".lock")]
-            if (name not in dirs and name not in ref.ingest_dirs and _old(e, now, INGEST_GRACE)
-                    and not _ref_locked(Path(e.path))):
-                out.append(Orphan("ingest-lock", name, Path(e.path)))
-    for sdir in sorted(_scandir(root / "snapshots"), key=lambda e: e.name):
-        if not sdir.is_dir(follow_symlinks=False):
-            continue
-        ids = ref.snapshot_ids.get(sdir.name, set())
-        found: list[tuple[int, Orphan]] = []
-        for e in _scandir(Path(sdir.path)):
-            if not e.is_dir(follow_symlinks=False):
-                continue
-            name = f"{sdir.name}/{e.name}"
-            if e.name.isdigit():
-                if e.name not in ids:
-                    found.append((int(e.name), Orphan("snapshot", name, Path(e.path))))
-            elif e.name.startswith(_TRASH):
-                found.append((1 << 62, Orphan("snapshot", name, Path(e.path))))
-            elif e.name.startswith("new-") and _old(e, now, NEW_DIR_GRACE) and not _dir_busy(e.path):
-                found.append((1 << 61, Orphan("snapshot", name, Path(e.path))))
-        out.extend(o for _, o in sorted(found, key=lambda t: -t[0]))
-    return out
-
-
-class _Rollback(Exception):
-    """Raised to abort the (read-only) write transaction of the backend cleanup."""
-
-
-@attrs.define
-class _Removed:
-    blobs: set[str] = attrs.field(factory=set)
-    snapshots: set[tuple[str, int]] = attrs.field(factory=set)
-    ingests: set[str] = attrs.field(factory=set)
-    bytes: int = 0
-    removed: list[Orphan] = attrs.field(factory=list)
-    referenced: set[str] = attrs.field(factory=set)
-
-
-def _remove_locked(orphans: list[Orphan], out: _Removed) -> list[Path]:
-    """Remove blobs and ingests now; move snapshot directories aside (returned for later)."""
-    trash: list[Path] = []
-    for o in orphans:
-        if o.kind == "blob":
-            try:
-                size = os.lstat(o.path).st_size
-                os.unlink(o.path)
-            except FileNotFoundError:
-                continue
-            out.blobs.add(o.name)
-            out.bytes += size
-        elif o.kind in ("ingest", "ingest-lock"):
-            lock = RefLock(str(o.path.parent / f"{o.name}.lock"), f"ingest {o.name}")
-            try:
-                lock.acquire()
-            except (errors.Unavailable, OSError):
-                continue  # a live writer holds the ref (or the lock cannot be taken): leave it
-            try:
-                if o.kind == "ingest":
-                    with contextlib.suppress(FileNotFoundError):
-                        out.bytes += os.lstat(o.path / "data").st_size
-                    remove_tree(o.path)
-                    out.ingests.add(o.name)
-            finally:
-                lock.release(remove=True)
-        elif o.kind == "snapshot":
-            if o.path.name.startswith(_TRASH):
-                trash.append(o.path)
-                continue
-            target = o.path.with_name(f"{_TRASH}{o.path.name}-{os.urandom(4).hex()}")
-            try:
-                os.rename(o.path, target)
-            except FileNotFoundError:
-                continue
-            if o.path.name.isdigit():
-                out.snapshots.add((o.path.parent.name, int(o.path.name)))
-            trash.append(target)
-        out.removed.append(o)
-    return trash
-
-
-def _empty_trash(trash: list[Path], out: _Removed) -> None:
-    for path in trash:
-        out.bytes += allocated_bytes(path)
-        remove_tree(path)
-
-
-def list_orphans(
-    db: DB, root: str | os.PathLike[str], now: float | None = None
-) -> list[Orphan]:
-    """:func:`find_orphans` while holding a write transaction (so no committer is mid-publish)."""
-    found: list[Orphan] = []
-    with contextlib.suppress(_Rollback), db.write() as txn:
-        found = find_orphans(txn, root, now)
-        raise _Rollback
-    return found
-
-
-def remove_orphans(
-    db: DB, root: str | os.PathLike[str], now: float | None = None
-) -> list[Orphan]:
-    """Find and remove orphans while holding a write transaction; returns what was removed."""
-    removed = _clean_backends(db, root, now)
-    return removed.removed
-
-
-def _clean_backends(db: DB, root: str | os.PathLike[str], now: float | None) -> _Removed:
-    out = _Removed()
-    trash: list[Path] = []
-    # Hold a write transaction (committers publish blobs and snapshot dirs inside one) but
-    # write nothing: abort it at the end.
-    with contextlib.suppress(_Rollback), db.write() as txn:
-        ref = _referenced(txn)
-        out.referenced = ref.digests
-        trash = _remove_locked(_find_orphans(ref, root, now), out)
-        raise _Rollback
-    _empty_trash(trash, out)
-    return out
-
-
 # -- collect ---------------------------------------------------------------------------------
 
 
-def collect(db: DB, root: str | os.PathLike[str], *, now: float | None = None) -> GCStats:
+def collect(db: DB, root: RootLayout | str | os.PathLike[str], *, now: float | None = None) -> GCStats:
     """Run one garbage collection over every namespace of the store at ``root``.
 
     ``now`` (seconds since the epoch) overrides the clock for expiry decisions and for the
@@ -686,7 +434,7 @@ def collect(db: DB, root: str | os.PathLike[str], *, now: float | None = None) -
         _, dead = mark(txn, now)
         swept = _sweep(txn, dead)
     db.dirty = 0
-    removed = _clean_backends(db, root, now)
+    removed = clean_backends(db, root if isinstance(root, RootLayout) else RootLayout(root), now)
     gone_content = (swept.content - removed.referenced) | removed.blobs
     gone_snapshots = swept.snapshots | removed.snapshots
     return GCStats(

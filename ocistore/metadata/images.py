@@ -9,9 +9,11 @@ from typing import Any
 import attrs
 
 from ocistore import _time, errors
+from ocistore.filters import label_adaptor, parse_filters
 from ocistore.metadata.db import DB, key, prefix, split_key
 from ocistore.metadata.labels import apply_fieldpaths, validate_labels
 from ocistore.oci.descriptor import Descriptor
+from ocistore.oci.reference import normalize_name
 
 __all__ = ["Image", "ImageStore"]
 
@@ -63,15 +65,40 @@ class ImageStore:
         self._gc = gc
 
     def get(self, name: str) -> Image:
+        """The image ``name``; NotFound if this namespace has no such record."""
         with self.db.read() as txn:
             rec = txn.get("images", key(self.ns, name))
         if rec is None:
             raise errors.NotFound(f"image {name!r} not found in namespace {self.ns!r}")
         return _from_record(name, rec)
 
-    def list(self, filters: str | Sequence[str] | None = None) -> list[Image]:
-        from ocistore.filters import label_adaptor, parse_filters
+    def find(self, name: str) -> Image:
+        """The image ``name``, or the one its normalised reference names (``debian:gzip`` finds
+        ``docker.io/library/debian:gzip``). NotFound names what the caller asked for."""
+        try:
+            return self.get(name)
+        except errors.NotFound:
+            normalised = normalize_name(name)
+            if normalised is None or normalised == name:
+                raise
+            return self.get(normalised)
 
+    def upsert(self, name: str, target: Descriptor, labels: Mapping[str, str] | None = None) -> Image:
+        """Create the record, or replace target and labels of an existing one (containerd 6.7)."""
+        img = Image(name=name, target=target, labels=dict(labels or {}))
+        for _ in range(3):
+            try:
+                return self.create(img)
+            except errors.AlreadyExists:
+                try:
+                    return self.update(img)
+                except errors.NotFound:
+                    continue
+        raise errors.Unavailable(f"image {name!r} changed concurrently; retry")
+
+    def list(self, filters: str | Sequence[str] | None = None) -> list[Image]:
+        """Images of the namespace matching ``filters`` (``name``, ``target.digest``,
+        ``target.mediatype``, ``labels.<k>``, ``annotations.<k>``)."""
         flt = parse_filters(filters)
         with self.db.read() as txn:
             items = list(txn.scan("images", prefix(self.ns)))
@@ -85,9 +112,11 @@ class ImageStore:
         return out
 
     def __iter__(self) -> Iterator[Image]:
+        """Every image of the namespace."""
         return iter(self.list())
 
     def create(self, image: Image) -> Image:
+        """Create the record ``image.name``; AlreadyExists if it exists."""
         _validate(image)
         image = attrs.evolve(image, labels=validate_labels(image.labels))
         t = _time.to_ns(_time.now())
@@ -102,6 +131,8 @@ class ImageStore:
         return attrs.evolve(image, created_at=_time.from_ns(t), updated_at=_time.from_ns(t))
 
     def update(self, image: Image, fieldpaths: Sequence[str] | None = None) -> Image:
+        """Replace target and labels, or only the ``fieldpaths`` named (``labels``,
+        ``labels.<k>``, ``target``, ``annotations``, ``annotations.<k>``); NotFound if absent."""
         if not image.name:
             raise errors.InvalidArgument("image name must not be empty")
         with self.db.write() as txn:

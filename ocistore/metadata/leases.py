@@ -27,6 +27,7 @@ import attrs
 
 from ocistore import _time, errors
 from ocistore.filters import label_adaptor, parse_filters
+from ocistore.layout import RootLayout
 from ocistore.metadata.db import DB, SEP, key, prefix
 from ocistore.metadata.gc import collect
 from ocistore.oci.digest import validate_digest
@@ -38,6 +39,7 @@ __all__ = [
     "LeaseManager",
     "Resource",
     "lease_context",
+    "operation_lease",
     "random_id",
 ]
 
@@ -175,7 +177,7 @@ class LeaseManager:
         if self._gc is not None:
             self._gc()
             return
-        collect(self.db, os.path.dirname(self.db.path))
+        collect(self.db, RootLayout(os.path.dirname(self.db.path)))
 
     def list(self, filters: str | Sequence[str] | None = None) -> list[Lease]:
         """Leases of the namespace matching ``filters`` (fields ``id``, ``labels.<k>``)."""
@@ -236,3 +238,18 @@ def lease_context(
     finally:
         with contextlib.suppress(errors.NotFound):
             manager.delete(lease.id)
+
+
+@contextlib.contextmanager
+def operation_lease(manager: LeaseManager, expire: timedelta = timedelta(hours=24)) -> Iterator[None]:
+    """Run an operation under the thread's current lease, or a temporary one.
+
+    Inside a caller's ``with store.lease():`` everything the operation writes joins that
+    lease; otherwise a lease expiring after ``expire`` holds it until the block ends, so a
+    concurrent gc never removes what is being written.
+    """
+    if manager.db.current_lease(manager.ns) is not None:
+        yield
+        return
+    with lease_context(manager, expire=expire):
+        yield

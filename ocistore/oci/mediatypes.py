@@ -26,6 +26,7 @@ __all__ = [
     "is_layer",
     "is_manifest",
     "is_non_distributable",
+    "kind_of",
 ]
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -107,4 +108,22 @@ def compression_of(media_type: str) -> str:
         return "unknown"  # docker's uncompressed type is auto-detected by magic, as containerd does
     if base.endswith(".tar"):
         return "none"
+    return "unknown"
+
+
+def kind_of(media_type: str) -> str:
+    """The object kind a progress event or ingest ref names (containerd's ``MakeRefKey`` prefixes).
+
+    ``"index"``, ``"manifest"``, ``"layer"``, ``"config"``, ``"attestation"`` or ``"unknown"``.
+    """
+    if is_index(media_type):
+        return "index"
+    if is_manifest(media_type):
+        return "manifest"
+    if is_layer(media_type):
+        return "layer"
+    if is_config(media_type):
+        return "config"
+    if "attestation" in media_type or "in-toto" in media_type:
+        return "attestation"
     return "unknown"

@@ -15,6 +15,8 @@ from ocistore import errors
 
 __all__ = [
     "Platform",
+    "PlatformArg",
+    "PlatformLike",
     "normalize_arch",
     "PlatformMatcher",
     "only_strict",
@@ -181,6 +183,11 @@ class PlatformMatcher(Protocol):
     def less(self, a: Platform, b: Platform) -> bool:
         """Whether ``a`` is preferred over ``b``."""
         ...
+
+
+PlatformArg = PlatformLike | PlatformMatcher | None
+"""What a ``platform=`` argument takes: a Platform, a string such as ``"linux/arm64/v8"``, a
+matcher, or None for the host platform."""
 
 
 def _as_platform(value: PlatformLike) -> Platform:
@@ -397,9 +404,7 @@ def all_platforms() -> PlatformMatcher:
     return _AllMatcher()
 
 
-def matcher_for(
-    platform: PlatformLike | PlatformMatcher | None = None, strict: bool = True
-) -> PlatformMatcher:
+def matcher_for(platform: PlatformArg = None, strict: bool = True) -> PlatformMatcher:
     """The matcher an operation uses for its ``platform=`` argument.
 
     ``None`` means the host platform. ``strict`` selects :func:`only_strict` (the default:

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_TAG",
     "MAX_NAME_LENGTH",
     "Reference",
+    "normalize_name",
     "parse_reference",
     "registry_host",
 ]
@@ -184,3 +185,12 @@ def parse_reference(ref: str) -> Reference:
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return Reference(domain=domain, path=path, tag=tag, digest=digest)
+
+
+def normalize_name(name: str) -> str | None:
+    """The stored image name for a reference (``nginx`` -> ``docker.io/library/nginx:latest``),
+    or None when ``name`` is not a valid reference. A fully qualified name is unchanged."""
+    try:
+        return str(parse_reference(name))
+    except errors.InvalidArgument:
+        return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ocistore import errors
+from ocistore.layout import RootLayout
 from ocistore.metadata.db import DB
 from ocistore.snapshots.base import SnapshotRecord, SnapshotterBase
 from ocistore.snapshots.native import NativeSnapshotter
@@ -35,8 +36,8 @@ SNAPSHOTTERS: dict[str, type[SnapshotterBase]] = {
 }
 
 
-def open_snapshotter(name: str, db: DB, namespace: str, root: Path) -> Snapshotter:
-    """The snapshotter ``name`` ("overlayfs" or "native") of the store at ``root``.
+def open_snapshotter(name: str, db: DB, namespace: str, root: Path | RootLayout) -> Snapshotter:
+    """The snapshotter ``name`` ("overlayfs" or "native") of the store at ``root`` (a path or layout).
 
     Raises:
         NotFound: no snapshotter has that name.
@@ -45,4 +46,4 @@ def open_snapshotter(name: str, db: DB, namespace: str, root: Path) -> Snapshott
     if cls is None:
         known = ", ".join(sorted(SNAPSHOTTERS))
         raise errors.NotFound(f"snapshotter {name!r} does not exist; known snapshotters: {known}")
-    return cls(db, namespace, Path(root))
+    return cls(db, namespace, root if isinstance(root, RootLayout) else RootLayout(root))

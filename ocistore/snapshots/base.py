@@ -32,6 +32,7 @@ from ocistore import errors
 from ocistore._files import allocated_bytes, fsync_dir, remove_tree
 from ocistore._time import from_ns, now, to_ns
 from ocistore.filters import Adaptor, label_adaptor, parse_filters
+from ocistore.layout import NEW_PREFIX, RootLayout
 from ocistore.metadata.db import DB, Txn, key, prefix
 from ocistore.metadata.labels import MAX_LABEL_SIZE
 from ocistore.metadata.labels import validate_labels as _validate_labels
@@ -134,13 +135,14 @@ class SnapshotterBase:
     supports_mount: bool = True
     supports_rebase: bool = True
 
-    def __init__(self, db: DB, namespace: str, root: Path) -> None:
-        """Bind to ``namespace`` of the store whose root directory is ``root``."""
+    def __init__(self, db: DB, namespace: str, root: Path | RootLayout) -> None:
+        """Bind to ``namespace`` of the store whose root directory (or its layout) is ``root``."""
         _check_name(namespace, "namespace")
         self.db = db
         self.namespace = namespace
-        self.root = Path(root)
-        self.dir = self.root / "snapshots" / self.name
+        self.layout = root if isinstance(root, RootLayout) else RootLayout(root)
+        self.root = self.layout.root
+        self.dir = self.layout.snapshotter_dir(self.name)
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._closed = False
 
@@ -155,10 +157,10 @@ class SnapshotterBase:
 
     # -- paths ------------------------------------------------------------------------------
     def _id_dir(self, sid: int) -> Path:
-        return self.dir / str(sid)
+        return self.layout.snapshot_dir(self.name, sid)
 
     def _fs(self, sid: int) -> Path:
-        return self.dir / str(sid) / "fs"
+        return self.layout.snapshot_fs(self.name, sid)
 
     @property
     def _rtype(self) -> str:
@@ -260,7 +262,7 @@ class SnapshotterBase:
         if exists:
             self._hold_existing(k, wanted)  # raises AlreadyExists unless it vanished meanwhile
             return self._create(kind, k, parent, labels)
-        tmp = Path(tempfile.mkdtemp(prefix="new-", dir=self.dir))
+        tmp = Path(tempfile.mkdtemp(prefix=NEW_PREFIX, dir=self.dir))
         final: Path | None = None
         try:
             self._build(tmp, kind, parent_ids)

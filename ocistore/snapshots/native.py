@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ocistore.layout import fs_of
 from ocistore.snapshots._copy import copy_tree
 from ocistore.snapshots.base import SnapshotRecord, SnapshotterBase
 from ocistore.snapshots.types import Kind, Mount
@@ -26,7 +27,7 @@ class NativeSnapshotter(SnapshotterBase):
     supports_rebase = False
 
     def _build(self, tmp: Path, kind: Kind, parent_ids: list[int]) -> None:
-        fs = tmp / "fs"
+        fs = fs_of(tmp)
         if parent_ids:
             copy_tree(self._fs(parent_ids[0]), fs)
         else:

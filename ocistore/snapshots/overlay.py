@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ocistore import errors
+from ocistore.layout import fs_of, work_of
 from ocistore.metadata.db import DB
 from ocistore.snapshots.base import SnapshotRecord, SnapshotterBase
 from ocistore.snapshots.types import Kind, Mount
@@ -62,12 +63,12 @@ class OverlaySnapshotter(SnapshotterBase):
         self.options = default_overlay_options(options)
 
     def _build(self, tmp: Path, kind: Kind, parent_ids: list[int]) -> None:
-        fs = tmp / "fs"
+        fs = fs_of(tmp)
         fs.mkdir()
         os.chmod(fs, 0o755)  # noqa: S103 - a root filesystem is 0755 (testsuite RootPermission)
         if kind is Kind.ACTIVE:
-            (tmp / "work").mkdir()
-            os.chmod(tmp / "work", 0o711)  # noqa: S103 - containerd uses 0711 for work dirs
+            work_of(tmp).mkdir()
+            os.chmod(work_of(tmp), 0o711)  # noqa: S103 - containerd uses 0711 for work dirs
         if parent_ids:
             self._chown_like(fs, self._fs(parent_ids[0]))
 
@@ -92,7 +93,7 @@ class OverlaySnapshotter(SnapshotterBase):
             return [Mount(type="bind", source=str(self._fs(parent_ids[0])), options=["ro", "rbind"])]
         options: list[str] = []
         if rec.kind is Kind.ACTIVE:
-            options += [f"workdir={self._id_dir(rec.id) / 'work'}", f"upperdir={self._fs(rec.id)}"]
+            options += [f"workdir={work_of(self._id_dir(rec.id))}", f"upperdir={self._fs(rec.id)}"]
         options.append("lowerdir=" + ":".join(str(self._fs(pid)) for pid in parent_ids))
         options += self.options
         return [Mount(type="overlay", source="overlay", options=options)]

@@ -16,7 +16,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import zstandard
+
 from ocistore.oci import mediatypes as mt
+from ocistore.oci.imagelayout import blob_name
 
 __all__ = ["File", "build_layer", "write_layout"]
 
@@ -64,8 +67,6 @@ def build_layer(
     if compression == "gzip":
         blob = gzip.compress(tar, compresslevel=6, mtime=0)
     elif compression == "zstd":
-        import zstandard
-
         blob = zstandard.ZstdCompressor(level=3).compress(tar)
     elif compression == "none":
         blob = tar
@@ -79,7 +80,7 @@ _LAYER_TYPES = {"gzip": mt.OCI_LAYER_GZIP, "zstd": mt.OCI_LAYER_ZSTD, "none": mt
 
 def _put(root: Path, data: bytes) -> dict[str, object]:
     d = _digest(data)
-    p = root / "blobs" / "sha256" / d.split(":", 1)[1]
+    p = root / blob_name(d)
     p.parent.mkdir(parents=True, exist_ok=True)
     if not p.exists():
         p.write_bytes(data)

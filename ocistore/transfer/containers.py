@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ocistore import errors
-from ocistore.images.walk import image_parts
-from ocistore.metadata.containers import ContainerRecord, validate_id
-from ocistore.oci.reference import parse_reference
-
-if TYPE_CHECKING:
-    from ocistore.snapshots.types import Mount
-    from ocistore.store import Store
+from ocistore.images.image import image_parts
+from ocistore.metadata.containers import ContainerRecord, ContainerRecords, validate_id
+from ocistore.oci.platform import PlatformArg
+from ocistore.snapshots.types import Mount
+from ocistore.transfer.context import OperationContext, SnapshotterLookup
+from ocistore.transfer.unpack import unpack_parts
 
 __all__ = ["Container", "Containers"]
 
@@ -30,76 +28,66 @@ __all__ = ["Container", "Containers"]
 class Container(ContainerRecord):
     """A container's record, bound to its store: ``mounts`` gives its root filesystem's mounts."""
 
-    store: Store | None = attrs.field(default=None, eq=False, repr=False, hash=False)
+    snapshotters: SnapshotterLookup | None = attrs.field(default=None, eq=False, repr=False, hash=False)
 
     @property
     def mounts(self) -> list[Mount]:
-        if self.store is None:
+        """The mounts of the container's root filesystem (its active snapshot)."""
+        if self.snapshotters is None:
             raise errors.FailedPrecondition(f"container {self.id!r} is not bound to a store")
-        return self.store.snapshots(self.snapshotter).mounts(self.snapshot_key)
-
-
-def _normalise_name(store: Store, image: str) -> str:
-    """Accept the stored name or any reference that normalises to it."""
-    try:
-        store.images.get(image)
-        return image
-    except errors.NotFound:
-        pass
-    try:
-        return str(parse_reference(image))
-    except errors.InvalidArgument:
-        return image
+        return self.snapshotters(self.snapshotter).mounts(self.snapshot_key)
 
 
 class Containers:
-    """``Store.containers``."""
+    """``Store.containers``: the containers of one namespace."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        from ocistore.metadata.containers import ContainerRecords
-
-        self._records = ContainerRecords(store.db, store.namespace)
+    def __init__(self, ctx: OperationContext, records: ContainerRecords) -> None:
+        """Bind to the operation context and container records of one namespace."""
+        self._ctx = ctx
+        self._records = records
 
     def _wrap(self, rec: ContainerRecord) -> Container:
         return Container(id=rec.id, image=rec.image, snapshotter=rec.snapshotter,
                          snapshot_key=rec.snapshot_key, labels=rec.labels, created_at=rec.created_at,
-                         updated_at=rec.updated_at, store=self._store)
+                         updated_at=rec.updated_at, snapshotters=self._ctx.snapshotter)
 
     def get(self, cid: str) -> Container:
+        """The container ``cid``; NotFound if it does not exist."""
         return self._wrap(self._records.get(cid))
 
     def list(self) -> list[Container]:
+        """Every container of the namespace."""
         return [self._wrap(r) for r in self._records.list()]
 
     def create(
         self, id: str, image: str, snapshotter: str = "overlayfs",
-        labels: Mapping[str, str] | None = None, platform: Any = None,
+        labels: Mapping[str, str] | None = None, platform: PlatformArg = None,
     ) -> Container:
-        """Create container ``id`` with a writable snapshot of ``image`` (unpacking it if needed)."""
-        from ocistore.transfer.unpack import unpack_parts
+        """Create container ``id`` with a writable snapshot of ``image`` (unpacking it if needed).
 
-        store = self._store
+        ``image`` is the stored name or any reference that normalises to it. AlreadyExists
+        if the container exists; NotFound if the image does not.
+        """
+        ctx = self._ctx
         validate_id(id)
-        name = _normalise_name(store, image)
-        img = store.images.get(name)
+        img = ctx.images.find(image)
         try:
             self._records.get(id)
-            raise errors.AlreadyExists(f"container {id!r} already exists in namespace {store.namespace!r}")
+            raise errors.AlreadyExists(f"container {id!r} already exists in namespace {ctx.namespace!r}")
         except errors.NotFound:
             pass
-        parts = image_parts(store.content, img.target, platform)
-        sn = store.snapshots(snapshotter)
+        parts = image_parts(ctx.content, img.target, platform)
+        sn = ctx.snapshotter(snapshotter)
         # An active snapshot is a GC root by itself, so the warm path needs no lease.
         try:
             sn.prepare(id, parts.chain_id)
         except errors.NotFound:
-            with store._operation_lease():
-                unpack_parts(store, parts, image_ref=name, snapshotter=snapshotter)
+            with ctx.lease():
+                unpack_parts(ctx, parts, image_ref=img.name, snapshotter=snapshotter)
                 sn.prepare(id, parts.chain_id)
         try:
             rec = self._records.create(ContainerRecord(
-                id=id, image=name, snapshotter=snapshotter, snapshot_key=id, labels=dict(labels or {}),
+                id=id, image=img.name, snapshotter=snapshotter, snapshot_key=id, labels=dict(labels or {}),
             ))
         except BaseException:
             sn.remove(id)
@@ -110,4 +98,4 @@ class Containers:
         """Delete the record and its active snapshot."""
         rec = self._records.delete(cid)
         with contextlib.suppress(errors.NotFound):
-            self._store.snapshots(rec.snapshotter).remove(rec.snapshot_key)
+            self._ctx.snapshotter(rec.snapshotter).remove(rec.snapshot_key)

@@ -13,21 +13,19 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ocistore import errors
-from ocistore.content.types import ContentWriter
-from ocistore.images.walk import child_gc_labels, filter_manifests, kind_of
+from ocistore.content.types import ContentStore, ContentWriter, IngestStatus
+from ocistore.images.graph import child_gc_labels, children, filter_manifests, walk
 from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
-from ocistore.oci.manifest import parse_index, parse_manifest
+from ocistore.oci.digest import EMPTY_DIGEST
+from ocistore.oci.mediatypes import kind_of
 from ocistore.oci.platform import PlatformMatcher
 from ocistore.transfer.progress import Progress, ref_key
-
-if TYPE_CHECKING:
-    from ocistore.metadata.content import NamespacedContent
 
 __all__ = ["Source", "fetch_graph", "fetch_blob"]
 
@@ -53,9 +51,9 @@ def _writer_ref(desc: Descriptor) -> str:
     return f"{kind}-{name}@{desc.digest}" if name else f"{kind}-{desc.digest}"
 
 
-def fetch_blob(content: NamespacedContent, source: Source, desc: Descriptor, progress: Progress) -> bool:
+def fetch_blob(content: ContentStore, source: Source, desc: Descriptor, progress: Progress) -> bool:
     """Make ``desc`` present in the namespace; True if bytes were downloaded."""
-    if desc.size <= 0 and desc.digest != "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855":
+    if desc.size <= 0 and desc.digest != EMPTY_DIGEST:
         raise errors.InvalidArgument(f"descriptor {desc.digest} has size {desc.size}; cannot fetch it")
     ref = _writer_ref(desc)
     kind = kind_of(desc.media_type)
@@ -99,7 +97,7 @@ def fetch_blob(content: NamespacedContent, source: Source, desc: Descriptor, pro
     return True
 
 
-def _abort_quietly(content: NamespacedContent, ref: str) -> None:
+def _abort_quietly(content: ContentStore, ref: str) -> None:
     with contextlib.suppress(errors.NotFound, errors.Unavailable):
         content.abort(ref)
 
@@ -114,7 +112,7 @@ class _LabelledWriter:
     def write(self, data: bytes, /) -> int:
         return self._w.write(data)
 
-    def status(self):  # type: ignore[no-untyped-def]
+    def status(self) -> IngestStatus:
         return self._w.status()
 
     def digest(self) -> str:
@@ -123,7 +121,9 @@ class _LabelledWriter:
     def truncate(self, size: int) -> None:
         self._w.truncate(size)
 
-    def commit(self, size=None, expected=None, labels=None):  # type: ignore[no-untyped-def]
+    def commit(
+        self, size: int | None = None, expected: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> str:
         merged = dict(self._labels)
         merged.update(labels or {})
         return self._w.commit(size, expected, labels=merged)
@@ -139,7 +139,7 @@ class _LabelledWriter:
 
 
 def fetch_graph(
-    content: NamespacedContent,
+    content: ContentStore,
     source: Source,
     root: Descriptor,
     matcher: PlatformMatcher | None,
@@ -158,34 +158,25 @@ def fetch_graph(
     progress = progress or Progress(None)
     manifests: list[Descriptor] = []
     layers: list[Descriptor] = []
-    seen: set[str] = set()
 
-    def visit(desc: Descriptor) -> None:
-        if desc.digest in seen:
-            return
-        seen.add(desc.digest)
+    def handle(desc: Descriptor) -> Sequence[Descriptor]:
         if mt.is_layer(desc.media_type):
-            layers.append(desc)
-            return
+            layers.append(desc)  # downloaded below, in parallel
+            return []
+        # unknown types are fetched as plain blobs and have no children, as in containerd
         fetch_blob(content, source, desc, progress)
+        kids = children(content, desc)
+        if kids:
+            _label_parent(content, desc, kids)  # before platform filtering, as containerd does
         if mt.is_index(desc.media_type):
-            index = parse_index(content.read(desc.digest), desc.media_type)
-            _label_parent(content, desc, list(index.manifests))
-            for child in filter_manifests(index.manifests, matcher, limit):
-                visit(child)
-        elif mt.is_manifest(desc.media_type):
-            manifest = parse_manifest(content.read(desc.digest), desc.media_type)
-            _label_parent(content, desc, manifest.children)
+            return filter_manifests(kids, matcher, limit)
+        if mt.is_manifest(desc.media_type):
             manifests.append(desc)
             if on_manifest is not None:
                 on_manifest(desc)
-            visit(manifest.config)
-            for layer in manifest.layers:
-                visit(layer)
-        elif not mt.is_config(desc.media_type) and desc.media_type != mt.OCI_EMPTY:
-            pass  # unknown types are fetched as plain blobs and have no children, as in containerd
+        return kids
 
-    visit(root)
+    walk(handle, root)
     if fetch_layers and layers:
         for layer in layers:
             progress.emit(ref_key("layer", layer.digest), layer.digest, "layer", "waiting", 0, layer.size)
@@ -196,7 +187,7 @@ def fetch_graph(
     return manifests
 
 
-def _fetch_layer(content: NamespacedContent, source: Source, desc: Descriptor, progress: Progress) -> None:
+def _fetch_layer(content: ContentStore, source: Source, desc: Descriptor, progress: Progress) -> None:
     try:
         fetch_blob(content, source, desc, progress)
     except errors.NotFound:
@@ -205,7 +196,7 @@ def _fetch_layer(content: NamespacedContent, source: Source, desc: Descriptor, p
         raise
 
 
-def _label_parent(content: NamespacedContent, parent: Descriptor, children: list[Descriptor]) -> None:
+def _label_parent(content: ContentStore, parent: Descriptor, children: list[Descriptor]) -> None:
     labels = child_gc_labels(children)
     if labels:
         content.update(parent.digest, labels, [f"labels.{k}" for k in labels])

@@ -10,12 +10,15 @@ import posixpath
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ocistore import errors
 from ocistore.content.types import ContentWriter
 from ocistore.oci.descriptor import Descriptor
-from ocistore.oci.digest import algorithm_of, encoded
+from ocistore.oci.imagelayout import blob_name
+
+if TYPE_CHECKING:
+    from ocistore.remotes import RegistryClient
 
 __all__ = ["LayoutSource", "RegistrySource", "TarIndex", "copy_into"]
 
@@ -158,12 +161,9 @@ class LayoutSource:
         except (ValueError, UnicodeDecodeError) as e:
             raise errors.InvalidArgument(f"{rel} in {self.path} is not valid JSON: {e}") from None
 
-    def blob_name(self, digest: str) -> str:
-        return f"blobs/{algorithm_of(digest)}/{encoded(digest)}"
-
     def fetch_into(self, desc: Descriptor, writer: ContentWriter) -> None:
         try:
-            src = self.open_file(self.blob_name(desc.digest))
+            src = self.open_file(blob_name(desc.digest))
         except errors.NotFound:
             raise errors.NotFound(f"blob {desc.digest} is missing from archive {self.path}") from None
         with src:
@@ -180,7 +180,7 @@ class LayoutSource:
 class RegistrySource:
     """Blobs of one image reference from a registry (``ocistore.remotes``)."""
 
-    def __init__(self, client: Any, ref: str, source_label: tuple[str, str] | None = None) -> None:
+    def __init__(self, client: RegistryClient, ref: str, source_label: tuple[str, str] | None = None) -> None:
         self.client = client
         self.ref = ref
         self._label = source_label

@@ -18,21 +18,20 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ocistore import errors
 from ocistore._files import disk_full
-from ocistore._locks import keyed_lock
-from ocistore.images.walk import ImageParts, image_parts
+from ocistore.archive import apply_layer
+from ocistore.content.types import ContentStore
+from ocistore.images.image import ImageParts, image_parts
 from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
+from ocistore.oci.platform import PlatformArg
+from ocistore.snapshots.types import Kind, SnapshotInfo, Snapshotter
+from ocistore.transfer.context import OperationContext
 from ocistore.transfer.progress import Progress, ProgressEvent, ref_key
-
-if TYPE_CHECKING:
-    from ocistore.snapshots.types import Snapshotter
-    from ocistore.store import Store
 
 __all__ = ["first_missing_layer", "is_unpacked", "snapshot_labels_for", "unpack_image", "unpack_parts"]
 
@@ -66,9 +65,8 @@ def cri_image_layers(layers: list[Descriptor], start: int) -> str:
     return ",".join(out)
 
 
-def snapshot_labels_for(
-    parts: ImageParts, i: int, image_ref: str, cri: bool
-) -> dict[str, str]:
+def snapshot_labels_for(parts: ImageParts, i: int, image_ref: str, cri: bool) -> dict[str, str]:
+    """The labels of layer ``i``'s extract snapshot: chain identity, layer annotations, CRI's."""
     chains = parts.chain_ids
     labels = {SNAPSHOT_REF: chains[i], DIFF_ID: parts.diff_ids[i]}
     if i > 0:
@@ -91,21 +89,21 @@ def _exists(sn: Snapshotter, key: str) -> bool:
     return True
 
 
-def is_unpacked(store: Store, name: str, snapshotter: str = "overlayfs", platform: Any = None) -> bool:
+def is_unpacked(ctx: OperationContext, name: str, snapshotter: str = "overlayfs",
+                platform: PlatformArg = None) -> bool:
     """True if the image's top chain ID is committed in ``snapshotter``."""
-    img = store.images.get(name)
+    img = ctx.images.get(name)
     try:
-        parts = image_parts(store.content, img.target, platform)
+        parts = image_parts(ctx.content, img.target, platform)
     except errors.NotFound:
         return False
     top = parts.chain_id
     if not top:
         return True
-    info = _stat(store.snapshots(snapshotter), top)
-    return info is not None and info.kind.value == "committed"
+    return _committed(ctx.snapshotter(snapshotter), top)
 
 
-def _stat(sn: Snapshotter, key: str) -> Any:
+def _stat(sn: Snapshotter, key: str) -> SnapshotInfo | None:
     try:
         return sn.stat(key)
     except errors.NotFound:
@@ -113,13 +111,13 @@ def _stat(sn: Snapshotter, key: str) -> Any:
 
 
 def unpack_image(
-    store: Store, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
-    progress: Callable[[ProgressEvent], None] | None = None, platform: Any = None,
+    ctx: OperationContext, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
+    progress: Callable[[ProgressEvent], None] | None = None, platform: PlatformArg = None,
 ) -> str:
     """Unpack image ``name`` into ``snapshotter``; returns the top chain ID."""
-    img = store.images.get(name)
-    parts = image_parts(store.content, img.target, platform)
-    return unpack_parts(store, parts, image_ref=name, snapshotter=snapshotter,
+    img = ctx.images.get(name)
+    parts = image_parts(ctx.content, img.target, platform)
+    return unpack_parts(ctx, parts, image_ref=name, snapshotter=snapshotter,
                         snapshot_labels=snapshot_labels, progress=Progress(progress))
 
 
@@ -140,7 +138,7 @@ LayerReady = Callable[[Descriptor], None]
 
 
 def unpack_parts(
-    store: Store, parts: ImageParts, *, image_ref: str, snapshotter: str = "overlayfs",
+    ctx: OperationContext, parts: ImageParts, *, image_ref: str, snapshotter: str = "overlayfs",
     snapshot_labels: bool = True, progress: Progress | None = None, layer_ready: LayerReady | None = None,
 ) -> str:
     """Unpack the layers of ``parts`` into ``snapshotter``.
@@ -150,33 +148,33 @@ def unpack_parts(
     """
     _check_parts(parts)
     progress = progress or Progress(None)
-    sn = store.snapshots(snapshotter)
+    sn = ctx.snapshotter(snapshotter)
     chains = parts.chain_ids
     top = chains[-1] if chains else ""
     if not top:
         return ""
-    with store._operation_lease(), keyed_lock(store.root, f"unpack/{store.namespace}/{snapshotter}/{top}"):
+    with ctx.lease(), ctx.lock(f"unpack/{ctx.namespace}/{snapshotter}/{top}"):
         todo = [i for i, c in enumerate(chains) if not _committed(sn, c)]
         if todo:
             # every layer from the first missing one on is (re)applied, in chain order
             start = todo[0]
             parallel = bool(getattr(sn, "supports_rebase", False)) and len(chains) - start > 1
-            ctx = _Ctx(store, sn, parts, image_ref, snapshot_labels, progress, layer_ready)
+            job = _Job(ctx.content, sn, parts, image_ref, snapshot_labels, progress, layer_ready)
             if parallel:
-                _unpack_parallel(ctx, start)
+                _unpack_parallel(job, start)
             else:
                 for i in range(start, len(chains)):
-                    _unpack_one(ctx, i, sequential=True)
-        store.content.update(
+                    _unpack_one(job, i, sequential=True)
+        ctx.content.update(
             parts.manifest.config.digest, {f"containerd.io/gc.ref.snapshot.{snapshotter}": top},
             [f"labels.containerd.io/gc.ref.snapshot.{snapshotter}"],
         )
     return top
 
 
-def first_missing_layer(store: Store, parts: ImageParts, snapshotter: str) -> int:
+def first_missing_layer(ctx: OperationContext, parts: ImageParts, snapshotter: str) -> int:
     """Index of the first layer whose chain ID is not committed (``len(layers)`` if none)."""
-    sn = store.snapshots(snapshotter)
+    sn = ctx.snapshotter(snapshotter)
     chains = parts.chain_ids
     for i in range(len(chains) - 1, -1, -1):
         if _committed(sn, chains[i]):
@@ -186,14 +184,14 @@ def first_missing_layer(store: Store, parts: ImageParts, snapshotter: str) -> in
 
 def _committed(sn: Snapshotter, chain: str) -> bool:
     info = _stat(sn, chain)
-    return info is not None and info.kind.value == "committed"
+    return info is not None and info.kind is Kind.COMMITTED
 
 
 @attrs.frozen
-class _Ctx:
+class _Job:
     """What every step of one unpack needs."""
 
-    store: Store
+    content: ContentStore
     sn: Snapshotter
     parts: ImageParts
     image_ref: str
@@ -202,44 +200,42 @@ class _Ctx:
     layer_ready: LayerReady | None
 
 
-def _prepare(ctx: _Ctx, i: int, parent: str) -> tuple[str, dict[str, str]] | None:
+def _prepare(job: _Job, i: int, parent: str) -> tuple[str, dict[str, str]] | None:
     """Prepare the extract snapshot for layer ``i``; None when the layer is already there."""
-    labels = snapshot_labels_for(ctx.parts, i, ctx.image_ref, ctx.cri)
-    chain = ctx.parts.chain_ids[i]
+    labels = snapshot_labels_for(job.parts, i, job.image_ref, job.cri)
+    chain = job.parts.chain_ids[i]
     for _attempt in range(3):
         key = f"extract-{unique_part()} {chain}"
         try:
-            ctx.sn.prepare(key, parent, labels=labels)
+            job.sn.prepare(key, parent, labels=labels)
             return key, labels
         except errors.AlreadyExists:
-            if _committed(ctx.sn, chain):
+            if _committed(job.sn, chain):
                 return None
     raise errors.Unavailable(f"could not prepare an extract snapshot for layer {chain} after 3 tries")
 
 
-def _apply(ctx: _Ctx, i: int, key: str) -> None:
-    from ocistore.archive import apply_layer
-
-    layer = ctx.parts.layers[i]
-    progress = ctx.progress
+def _apply(job: _Job, i: int, key: str) -> None:
+    layer = job.parts.layers[i]
+    progress = job.progress
     lref = ref_key("layer", layer.digest)
-    if ctx.layer_ready is not None:
-        ctx.layer_ready(layer)
+    if job.layer_ready is not None:
+        job.layer_ready(layer)
     try:
-        stream = ctx.store.content.open(layer.digest)
+        stream = job.content.open(layer.digest)
     except errors.NotFound:
         raise errors.NotFound(
-            f"layer {layer.digest} of image manifest {ctx.parts.manifest_desc.digest} is not in the content "
+            f"layer {layer.digest} of image manifest {job.parts.manifest_desc.digest} is not in the content "
             "store; fetch the image again"
         ) from None
     progress.emit(lref, layer.digest, "layer", "extracting", 0, layer.size)
-    overlay = ctx.sn.name == "overlayfs"
-    with stream, _disk_errors(f"unpacking layer {layer.digest} into {ctx.sn.name}"):
+    overlay = job.sn.supports_mount  # layers are diffs over their parents: overlay whiteouts
+    with stream, _disk_errors(f"unpacking layer {layer.digest} into {job.sn.name}"):
         apply_layer(
-            stream, ctx.sn.path(key), media_type=layer.media_type, overlay=overlay,
+            stream, job.sn.path(key), media_type=layer.media_type, overlay=overlay,
             # the blob was verified when it was committed; the diffID check covers the bytes applied
-            expected_diff_id=ctx.parts.diff_ids[i], blob_digest=False,
-            lower_dirs=ctx.sn.parents_paths(key) if overlay else (),
+            expected_diff_id=job.parts.diff_ids[i], blob_digest=False,
+            lower_dirs=job.sn.parents_paths(key) if overlay else (),
             progress=(lambda n: progress.emit(lref, layer.digest, "layer", "extracting", n, layer.size))
             if progress else None,
         )
@@ -254,31 +250,31 @@ def _disk_errors(what: str) -> Iterator[None]:
         raise disk_full(exc, what) from exc
 
 
-def _commit(ctx: _Ctx, i: int, key: str, labels: dict[str, str], parent: str | None) -> None:
-    chain = ctx.parts.chain_ids[i]
+def _commit(job: _Job, i: int, key: str, labels: dict[str, str], parent: str | None) -> None:
+    chain = job.parts.chain_ids[i]
     try:
-        ctx.sn.commit(chain, key, labels=labels, parent=parent)
+        job.sn.commit(chain, key, labels=labels, parent=parent)
     except errors.AlreadyExists:
-        ctx.sn.remove(key)  # another unpack won the race: use its snapshot
+        job.sn.remove(key)  # another unpack won the race: use its snapshot
         return
-    layer = ctx.parts.layers[i]
-    content = ctx.store.content
+    layer = job.parts.layers[i]
+    content = job.content
     if mt.compression_of(layer.media_type) != "none" and content.exists(layer.digest):
-        content.update(layer.digest, {UNCOMPRESSED: ctx.parts.diff_ids[i]}, [f"labels.{UNCOMPRESSED}"])
+        content.update(layer.digest, {UNCOMPRESSED: job.parts.diff_ids[i]}, [f"labels.{UNCOMPRESSED}"])
 
 
-def _unpack_one(ctx: _Ctx, i: int, sequential: bool) -> None:
-    chains = ctx.parts.chain_ids
+def _unpack_one(job: _Job, i: int, sequential: bool) -> None:
+    chains = job.parts.chain_ids
     parent = chains[i - 1] if i > 0 else ""
-    prepared = _prepare(ctx, i, parent if sequential else "")
+    prepared = _prepare(job, i, parent if sequential else "")
     if prepared is None:
         return
     key, labels = prepared
     try:
-        _apply(ctx, i, key)
-        _commit(ctx, i, key, labels, None if sequential else (parent or None))
+        _apply(job, i, key)
+        _commit(job, i, key, labels, None if sequential else (parent or None))
     except BaseException:
-        _remove_quietly(ctx.sn, key)
+        _remove_quietly(job.sn, key)
         raise
 
 
@@ -287,26 +283,26 @@ def _remove_quietly(sn: Snapshotter, key: str) -> None:
         sn.remove(key)
 
 
-def _unpack_parallel(ctx: _Ctx, start: int) -> None:
+def _unpack_parallel(job: _Job, start: int) -> None:
     """Apply layers ``start..`` concurrently into parentless snapshots; commit in order."""
-    chains = ctx.parts.chain_ids
+    chains = job.parts.chain_ids
     prepared: dict[int, tuple[str, dict[str, str]]] = {}
     try:
         for i in range(start, len(chains)):
-            p = _prepare(ctx, i, "")
+            p = _prepare(job, i, "")
             if p is not None:
                 prepared[i] = p
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_APPLY, max(1, len(prepared)))) as pool:
             futures: dict[int, Future[None]] = {
-                i: pool.submit(_apply, ctx, i, key) for i, (key, _l) in prepared.items()
+                i: pool.submit(_apply, job, i, key) for i, (key, _l) in prepared.items()
             }
             for i in range(start, len(chains)):
                 if i not in prepared:
                     continue
                 futures[i].result()
                 key, labels = prepared[i]
-                _commit(ctx, i, key, labels, chains[i - 1] if i > 0 else None)
+                _commit(job, i, key, labels, chains[i - 1] if i > 0 else None)
                 del prepared[i]
     finally:
         for key, _labels in prepared.values():
-            _remove_quietly(ctx.sn, key)
+            _remove_quietly(job.sn, key)

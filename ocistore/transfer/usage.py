@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import attrs
 
 from ocistore._files import allocated_bytes
-
-if TYPE_CHECKING:
-    from ocistore.store import Store
+from ocistore.layout import RootLayout
 
 __all__ = ["DiskUsage", "disk_usage"]
 
@@ -25,18 +21,17 @@ class DiskUsage:
     total: int
 
 
-def disk_usage(store: Store) -> DiskUsage:
+def disk_usage(layout: RootLayout) -> DiskUsage:
+    """Walk the root once, each inode counted once, in the order ingest, content, snapshots,
+    metadata, the rest (a hard link between two parts counts in the first)."""
     seen: set[tuple[int, int]] = set()
-    root = store.root
-    ingest = allocated_bytes(root / "content" / "ingest", seen)
-    content = allocated_bytes(root / "content", seen)
+    ingest = allocated_bytes(layout.content.ingest, seen)
+    content = allocated_bytes(layout.content.root, seen)
     snapshots = 0
-    sn_root = root / "snapshots"
-    if sn_root.is_dir():  # the per-snapshot dirs; the empty skeleton counts under total only
-        for sn_dir in sn_root.iterdir():
-            if sn_dir.is_dir() and not sn_dir.is_symlink():
-                snapshots += sum(allocated_bytes(d, seen) for d in sn_dir.iterdir())
-    metadata = allocated_bytes(root / "metadata.lmdb", seen)
-    rest = allocated_bytes(root, seen)  # the root dir itself, tmp/, locks
+    # the per-snapshot dirs; the empty skeleton counts under total only
+    for _name, sn_dir in layout.snapshotter_dirs():
+        snapshots += sum(allocated_bytes(d, seen) for d in sn_dir.iterdir())
+    metadata = allocated_bytes(layout.metadata, seen)
+    rest = allocated_bytes(layout.root, seen)  # the root dir itself, tmp/, locks
     return DiskUsage(content=content, ingest=ingest, snapshots=snapshots, metadata=metadata,
                      total=content + ingest + snapshots + metadata + rest)

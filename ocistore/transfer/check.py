@@ -12,7 +12,7 @@
   its directory ``<root>/snapshots/<snapshotter>/<id>`` exists, and child links point at
   existing snapshots;
 * no orphan blob file, ingest directory or snapshot directory (see
-  :func:`ocistore.metadata.gc.find_orphans`).
+  :mod:`ocistore.metadata.orphans`).
 
 ``repair=True`` removes orphans only (what no record references); referenced data that is
 damaged is reported, never touched.
@@ -20,20 +20,23 @@ damaged is reported, never touched.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 
 from ocistore import errors
+from ocistore.content.types import ContentInfo
+from ocistore.images.graph import children, walk
+from ocistore.layout import RootLayout
 from ocistore.metadata.db import DB, SEP, Txn
-from ocistore.metadata.gc import LABEL_REF_SNAPSHOT, list_orphans, remove_orphans
-from ocistore.oci import manifest, mediatypes
+from ocistore.metadata.gc import LABEL_REF_SNAPSHOT
+from ocistore.metadata.orphans import list_orphans, remove_orphans
+from ocistore.oci import mediatypes
 from ocistore.oci.descriptor import Descriptor
-from ocistore.oci.digest import algorithm_of, encoded, new_hasher
+from ocistore.oci.digest import algorithm_of, new_hasher
 
 __all__ = ["CheckReport", "check"]
 
@@ -83,35 +86,33 @@ def _load(txn: Txn) -> _State:
     return st
 
 
-def check(db: DB, root: str | os.PathLike[str], repair: bool = False, *, verify: bool = True) -> CheckReport:
+def check(
+    db: DB, root: RootLayout | str | os.PathLike[str], repair: bool = False, *, verify: bool = True
+) -> CheckReport:
     """Check the store at ``root`` (every namespace); ``verify=False`` skips hashing blobs."""
-    root = Path(root)
+    layout = root if isinstance(root, RootLayout) else RootLayout(root)
     with db.read() as txn:
         st = _load(txn)
     problems: list[str] = []
-    problems += _check_blobs(root, st, verify)
-    problems += _check_images(root, st)
-    problems += _check_snapshots(root, st)
+    problems += _check_blobs(layout, st, verify)
+    problems += _check_images(layout, st)
+    problems += _check_snapshots(layout, st)
     repaired: list[str] = []
     if repair:
-        repaired = [f"removed {o.describe()}" for o in remove_orphans(db, root)]
-    problems += [o.describe() for o in list_orphans(db, root)]
+        repaired = [f"removed {o.describe()}" for o in remove_orphans(db, layout)]
+    problems += [o.describe() for o in list_orphans(db, layout)]
     return CheckReport(ok=not problems, problems=problems, repaired=repaired)
 
 
 # -- blobs -----------------------------------------------------------------------------------
 
 
-def _blob_path(root: Path, digest: str) -> Path:
-    return root / "content" / "blobs" / algorithm_of(digest) / encoded(digest)
-
-
-def _check_blobs(root: Path, st: _State, verify: bool) -> list[str]:
+def _check_blobs(layout: RootLayout, st: _State, verify: bool) -> list[str]:
     out = []
     for digest, sizes in sorted(st.content.items()):
         where = ", ".join(sorted(sizes))
         try:
-            path = _blob_path(root, digest)
+            path = layout.content.blob_path(digest)
         except errors.InvalidArgument:
             out.append(f"content record {digest!r} (namespace {where}): not a valid digest")
             continue
@@ -149,7 +150,7 @@ def _hash_file(path: Path, alg: str) -> str | None:
 # -- images ----------------------------------------------------------------------------------
 
 
-def _check_images(root: Path, st: _State) -> list[str]:
+def _check_images(layout: RootLayout, st: _State) -> list[str]:
     out: list[str] = []
     for ns, name, target in st.images:
         what = f"image {name} (namespace {ns})"
@@ -157,57 +158,74 @@ def _check_images(root: Path, st: _State) -> list[str]:
         if ns not in st.content.get(digest, {}):
             out.append(f"{what}: target {digest or '(none)'} is not in the content store")
             continue
-        _ImageWalk(root, st, ns, what, out).walk(str(target.get("mediaType", "")), digest)
+        root = Descriptor(str(target.get("mediaType", "")), digest, int(target.get("size", 0) or 0))
+        walk(_ImageCheck(_RecordedBlobs(layout, st, ns), st, ns, what, out).handle, root)
     return out
 
 
-def _read_small(root: Path, digest: str) -> bytes | None:
-    with contextlib.suppress(OSError, errors.InvalidArgument), open(_blob_path(root, digest), "rb") as f:
-        return f.read(_MAX_MANIFEST + 1)
-    return None
+@attrs.frozen
+class _RecordedBlobs:
+    """A provider over the blob files that one namespace's records name (read in one txn)."""
+
+    layout: RootLayout
+    st: _State
+    ns: str
+
+    def exists(self, digest: str) -> bool:
+        return self.ns in self.st.content.get(digest, {})
+
+    def info(self, digest: str) -> ContentInfo:
+        size = self.st.content.get(digest, {}).get(self.ns)
+        if size is None:
+            raise errors.NotFound(f"content {digest} not found in namespace {self.ns!r}")
+        return ContentInfo(digest, size, self.st.content_labels.get((self.ns, digest), {}))
+
+    def open(self, digest: str) -> BinaryIO:
+        try:
+            return open(self.layout.content.blob_path(digest), "rb")
+        except (OSError, errors.InvalidArgument):
+            raise errors.NotFound(f"blob file of {digest} cannot be read") from None
+
+    def read(self, digest: str) -> bytes:
+        with self.open(digest) as f:
+            return f.read(_MAX_MANIFEST + 1)
 
 
 @attrs.define
-class _ImageWalk:
-    """Walks one image's graph, noting what is missing."""
+class _ImageCheck:
+    """A walk handler over one image's graph that notes what is missing."""
 
-    root: Path
+    blobs: _RecordedBlobs
     st: _State
     ns: str
     what: str
     out: list[str]
-    seen: set[str] = attrs.field(factory=set)
 
-    def _has(self, digest: str) -> bool:
-        return self.ns in self.st.content.get(digest, {})
-
-    def walk(self, media_type: str, digest: str) -> None:
-        if digest in self.seen or not (mediatypes.is_index(media_type) or mediatypes.is_manifest(media_type)):
-            return
-        self.seen.add(digest)
-        data = _read_small(self.root, digest)
-        if data is None:
-            return  # reported by the blob check
+    def handle(self, desc: Descriptor) -> Sequence[Descriptor]:
+        media_type, digest = desc.media_type, desc.digest
+        if not (mediatypes.is_index(media_type) or mediatypes.is_manifest(media_type)):
+            return []
         try:
-            kids = manifest.children(media_type, data)
+            kids = children(self.blobs, desc)
+        except errors.NotFound:
+            return []  # reported by the blob check
         except errors.Error as e:
             self.out.append(f"{self.what}: {digest} cannot be parsed as {media_type}: {e}")
-            return
+            return []
         if mediatypes.is_index(media_type):
-            present = [d for d in kids if self._has(d.digest)]
+            present = [d for d in kids if self.blobs.exists(d.digest)]
             if kids and not present:
                 self.out.append(
                     f"{self.what}: none of the {len(kids)} manifests of index {digest} "
                     "is in the content store"
                 )
-            for d in present:
-                self.walk(d.media_type, d.digest)
-            return
+            return present
         self._manifest(digest, kids)
+        return []
 
     def _manifest(self, digest: str, kids: list[Descriptor]) -> None:
         config, layers = kids[0], kids[1:]
-        if not self._has(config.digest):
+        if not self.blobs.exists(config.digest):
             self.out.append(
                 f"{self.what}: config {config.digest} of manifest {digest} is not in the content store"
             )
@@ -215,7 +233,7 @@ class _ImageWalk:
         if _unpacked(self.st.content_labels.get((self.ns, config.digest), {})):
             return
         for layer in layers:
-            if not self._has(layer.digest):
+            if not self.blobs.exists(layer.digest):
                 self.out.append(
                     f"{self.what}: layer {layer.digest} of manifest {digest} is not in the content store "
                     "and the image is not unpacked"
@@ -229,7 +247,7 @@ def _unpacked(labels: Mapping[str, str]) -> bool:
 # -- snapshots -------------------------------------------------------------------------------
 
 
-def _check_snapshots(root: Path, st: _State) -> list[str]:
+def _check_snapshots(layout: RootLayout, st: _State) -> list[str]:
     out = []
     for (ns, sn, skey), rec in sorted(st.snapshots.items()):
         what = f"snapshot {sn}/{skey} (namespace {ns})"
@@ -240,9 +258,9 @@ def _check_snapshots(root: Path, st: _State) -> list[str]:
                 out.append(f"{what}: parent {parent!r} does not exist")
             elif prec.get("kind") != "committed":
                 out.append(f"{what}: parent {parent!r} is {prec.get('kind')}, not committed")
-        sid = rec.get("id")
-        if not (root / "snapshots" / sn / str(sid)).is_dir():
-            out.append(f"{what}: directory {root / 'snapshots' / sn / str(sid)} is missing")
+        sdir = layout.snapshot_dir(sn, str(rec.get("id")))
+        if not sdir.is_dir():
+            out.append(f"{what}: directory {sdir} is missing")
     for ns, sn, parent, child in st.children:
         if (ns, sn, child) not in st.snapshots or (ns, sn, parent) not in st.snapshots:
             out.append(

@@ -1,0 +1,47 @@
+"""The operation context: what an operation needs of a store, and nothing more.
+
+:class:`~ocistore.store.Store` builds one :class:`OperationContext` when it opens and
+passes it to every operation in :mod:`ocistore.transfer`. Operations see the content
+store through its protocols, the image records, a snapshotter lookup, a lease factory,
+keyed locks and the root's layout -- never the facade, so nothing below the facade
+imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import attrs
+
+from ocistore._locks import keyed_lock
+from ocistore.content.types import ContentStore
+from ocistore.layout import RootLayout
+from ocistore.metadata.images import ImageStore
+from ocistore.metadata.leases import LeaseManager, operation_lease
+from ocistore.snapshots.types import Snapshotter
+
+__all__ = ["OperationContext", "SnapshotterLookup"]
+
+SnapshotterLookup = Callable[[str], Snapshotter]
+"""``name -> Snapshotter`` of the store's namespace (NotFound for an unknown name)."""
+
+
+@attrs.frozen
+class OperationContext:
+    """One namespace of one store root, as operations use it."""
+
+    namespace: str
+    layout: RootLayout
+    content: ContentStore
+    images: ImageStore
+    snapshotter: SnapshotterLookup
+    leases: LeaseManager
+
+    def lease(self) -> AbstractContextManager[None]:
+        """Run under the thread's current lease, or a temporary 24 h one deleted at the end."""
+        return operation_lease(self.leases)
+
+    def lock(self, name: str) -> AbstractContextManager[None]:
+        """Hold the keyed lock ``name`` across threads and processes of this root."""
+        return keyed_lock(self.layout, name)
