@@ -17,16 +17,14 @@ import errno
 import os
 import shutil
 import stat
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ocistore import errors
+from ocistore.archive._paths import Resolver
 from ocistore.archive._tarformat import TarEntry
-from ocistore.archive._writer import times_of
+from ocistore.archive._writer import MetadataPolicy, times_of
 
-if TYPE_CHECKING:
-    from ocistore.archive._applier import Applier
-
-__all__ = ["OPAQUE", "WHITEOUT_PREFIX", "apply_whiteout", "set_opaque"]
+__all__ = ["OPAQUE", "WHITEOUT_PREFIX", "LayerTarget", "apply_whiteout", "set_opaque"]
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
@@ -34,7 +32,23 @@ OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 
 
-def apply_whiteout(applier: Applier, entry: TarEntry, parts: list[str]) -> None:
+class LayerTarget(Protocol):
+    """What whiteout handling reads and updates of the layer being applied (the ``Applier``).
+
+    Declared here so that this module need not import the applier; it is satisfied
+    structurally and costs nothing at run time.
+    """
+
+    root: str  # the directory the layer is applied to (a full copy, or the overlay upper dir)
+    overlay: bool  # root is an overlayfs upper dir: whiteouts become 0:0 devices and xattrs
+    resolver: Resolver  # resolves members' parents in root; invalidate() after changing the tree
+    policy: MetadataPolicy  # policy.chown: whether whiteout devices get the member's owner
+    unpacked: set[str]  # paths (relative to root) this layer wrote: a whiteout keeps them
+    keep: set[str]  # their ancestors: directories a whiteout must not remove
+    removals: int  # count of removed paths; a native whiteout increments it
+
+
+def apply_whiteout(applier: LayerTarget, entry: TarEntry, parts: list[str]) -> None:
     """Handle a member whose base name starts with ``.wh.``."""
     base = parts[-1]
     if base == OPAQUE:
@@ -54,7 +68,7 @@ def apply_whiteout(applier: Applier, entry: TarEntry, parts: list[str]) -> None:
         _prune(applier, f"{parent}/{name}" if parent else name)
 
 
-def _opaque(applier: Applier, entry: TarEntry, parts: list[str]) -> None:
+def _opaque(applier: LayerTarget, entry: TarEntry, parts: list[str]) -> None:
     if applier.overlay:
         parent = applier.resolver.parent(parts, entry.name)
         assert parent is not None
@@ -69,7 +83,7 @@ def _opaque(applier: Applier, entry: TarEntry, parts: list[str]) -> None:
 # -- native mode ---------------------------------------------------------------------------
 
 
-def _prune(applier: Applier, rel: str) -> None:
+def _prune(applier: LayerTarget, rel: str) -> None:
     """Remove ``rel`` unless this layer wrote it; keep what this layer wrote below it."""
     path = f"{applier.root}/{rel}"
     try:
@@ -88,7 +102,7 @@ def _prune(applier: Applier, rel: str) -> None:
     applier.resolver.invalidate()
 
 
-def _prune_children(applier: Applier, rel: str) -> None:
+def _prune_children(applier: LayerTarget, rel: str) -> None:
     path = f"{applier.root}/{rel}" if rel else applier.root
     prefix = f"{rel}/" if rel else ""
     with os.scandir(path) as listing:
@@ -100,7 +114,7 @@ def _prune_children(applier: Applier, rel: str) -> None:
 # -- overlay mode --------------------------------------------------------------------------
 
 
-def _overlay_whiteout(applier: Applier, entry: TarEntry, parts: list[str], name: str) -> None:
+def _overlay_whiteout(applier: LayerTarget, entry: TarEntry, parts: list[str], name: str) -> None:
     parent = applier.resolver.parent(parts, entry.name)
     assert parent is not None
     rel = f"{parent}/{name}" if parent else name
@@ -128,7 +142,7 @@ def _overlay_whiteout(applier: Applier, entry: TarEntry, parts: list[str], name:
     os.utime(path, ns=times_of(entry), follow_symlinks=False)
 
 
-def set_opaque(applier: Applier, rel: str, member: str) -> None:
+def set_opaque(applier: LayerTarget, rel: str, member: str) -> None:
     """Mark the upper directory ``rel`` opaque (hides the lower layers' contents)."""
     path = f"{applier.root}/{rel}" if rel else applier.root
     try:
