@@ -28,6 +28,11 @@ class RefLock:
         self._fd: int | None = None
 
     def acquire(self) -> RefLock:
+        """Take the lock without waiting and return ``self``.
+
+        Unavailable if another ``RefLock`` (in this or another process) holds it; the
+        message names the holder's pid and since when, if the lock file records them.
+        """
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
@@ -51,9 +56,11 @@ class RefLock:
 
     @property
     def held(self) -> bool:
+        """Whether this object currently holds the lock."""
         return self._fd is not None
 
     def release(self, remove: bool = False) -> None:
+        """Drop the lock (a no-op if not held); ``remove`` also deletes the lock file first."""
         fd, self._fd = self._fd, None
         if fd is None:
             return
