@@ -61,6 +61,7 @@ class NamespacedContent:
         return rec if isinstance(rec, dict) else None
 
     def info(self, digest: str) -> ContentInfo:
+        """Size, labels and times of a blob in this namespace; NotFound if it has none."""
         validate_digest(digest)
         with self.db.read() as txn:
             rec = self._record(txn, digest)
@@ -69,6 +70,7 @@ class NamespacedContent:
         return _info(digest, rec)
 
     def exists(self, digest: str) -> bool:
+        """Whether this namespace holds the blob (InvalidArgument for a malformed digest)."""
         try:
             self.info(digest)
         except errors.NotFound:
@@ -99,6 +101,10 @@ class NamespacedContent:
         return data
 
     def walk(self, filters: str | list[str] | None = None) -> Iterator[ContentInfo]:
+        """This namespace's blobs that match ``filters`` (fieldpaths ``digest`` and ``labels.<key>``).
+
+        The records are read in one transaction before the first one is yielded.
+        """
         flt = parse_filters(filters)
         with self.db.read() as txn:
             items = list(txn.scan("content", prefix(self.ns)))
@@ -112,6 +118,12 @@ class NamespacedContent:
     def update(
         self, digest: str, labels: Mapping[str, str], fieldpaths: list[str] | None = None
     ) -> ContentInfo:
+        """Change the blob's labels (containerd fieldpath rules) and return its new info.
+
+        Without ``fieldpaths`` the labels are replaced; ``labels.<key>`` sets or deletes
+        one key. NotFound if the namespace lacks the blob; InvalidArgument for any other
+        fieldpath or an invalid label.
+        """
         validate_digest(digest)
         with self.db.write() as txn:
             rec = self._record(txn, digest)
@@ -206,6 +218,10 @@ class NamespacedContent:
         return NamespacedWriter(self, ref, backend_writer, lock, expected or "", shared_size, total)
 
     def statuses(self) -> list[IngestStatus]:
+        """The status of this namespace's ingests that hold bytes on disk.
+
+        Shared ingests (no bytes of their own yet) are not listed.
+        """
         with self.db.read() as txn:
             items = list(txn.scan("ingests", prefix(self.ns)))
         out = []
@@ -220,6 +236,10 @@ class NamespacedContent:
         return out
 
     def status(self, ref: str) -> IngestStatus:
+        """The status of the ingest ``ref`` in this namespace; NotFound if there is none.
+
+        A shared ingest, having no bytes of its own, is NotFound here too.
+        """
         with self.db.read() as txn:
             rec = txn.get("ingests", key(self.ns, ref))
         if rec is None:
@@ -229,6 +249,10 @@ class NamespacedContent:
                             started_at=st.started_at, updated_at=st.updated_at)
 
     def abort(self, ref: str) -> None:
+        """Remove the ingest ``ref`` and its bytes (containerd ``Abort``).
+
+        NotFound if the namespace has no such ingest; Unavailable if a writer holds it.
+        """
         with self.db.write() as txn:
             rec = txn.get("ingests", key(self.ns, ref))
             if rec is None:
@@ -307,6 +331,7 @@ class NamespacedWriter:
 
     @property
     def ref(self) -> str:
+        """The ingest ref this writer holds."""
         return self._ref
 
     def _check(self) -> None:
@@ -338,11 +363,16 @@ class NamespacedWriter:
         return w
 
     def write(self, data: bytes, /) -> int:
+        """Append ``data`` and return its length; a shared ingest first copies the blob's bytes.
+
+        FailedPrecondition once closed; Unavailable if the disk is full.
+        """
         self._check()
         w = self._w if self._w is not None else self._unshare(self._shared_size)
         return w.write(data)
 
     def status(self) -> IngestStatus:
+        """Offset, total and times; a shared ingest shows the whole blob and its ``expected`` digest."""
         if self._w is not None:
             st = self._w.status()
             return IngestStatus(ref=self._ref, offset=st.offset, total=st.total,
@@ -351,11 +381,16 @@ class NamespacedWriter:
                             started_at=self._started, updated_at=self._updated, expected=self._expected)
 
     def digest(self) -> str:
+        """The digest of the bytes so far (a shared ingest: the blob's digest)."""
         if self._w is not None:
             return self._w.digest()
         return self._expected or EMPTY_DIGEST
 
     def truncate(self, size: int) -> None:
+        """``truncate(0)`` restarts the ingest (a shared one becomes an empty real one).
+
+        InvalidArgument for another size; FailedPrecondition once closed.
+        """
         self._check()
         if self._w is None:
             self._unshare(0)
@@ -365,7 +400,13 @@ class NamespacedWriter:
     def commit(
         self, size: int | None = None, expected: str | None = None, labels: Mapping[str, str] | None = None
     ) -> str:
-        """Verify and make the blob visible in this namespace; always closes the writer."""
+        """Verify and make the blob visible in this namespace; always closes the writer.
+
+        Only the ``size`` and ``expected`` given here are checked (FailedPrecondition /
+        DigestMismatch, the ingest is kept); the digest the writer was opened with is not
+        checked again. Bytes already on disk under their digest are reused; AlreadyExists
+        only if this namespace already held the blob (the ingest is dropped).
+        """
         self._check()
         c = self._content
         try:
@@ -401,6 +442,7 @@ class NamespacedWriter:
             self.close()
 
     def close(self) -> None:
+        """Release the ref; an uncommitted ingest is kept for resume. Closing twice is fine."""
         if self._closed:
             return
         self._closed = True
