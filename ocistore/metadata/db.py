@@ -67,6 +67,7 @@ def prefix(*parts: str) -> bytes:
 
 
 def split_key(k: bytes) -> list[str]:
+    """The parts of a table key (the inverse of :func:`key`)."""
     return k.decode().split(SEP)
 
 
@@ -83,16 +84,20 @@ class Txn:
         return self.db.handles[table]
 
     def get(self, table: str, k: bytes) -> Any:
+        """The decoded JSON value at ``k``, or None if the key is absent."""
         raw = self.raw.get(k, db=self._h(table))
         return None if raw is None else json.loads(bytes(raw))
 
     def has(self, table: str, k: bytes) -> bool:
+        """Whether ``k`` exists in ``table`` (without decoding its value)."""
         return self.raw.get(k, db=self._h(table)) is not None
 
     def put(self, table: str, k: bytes, value: Any) -> None:
+        """Store ``value`` as compact JSON at ``k``, replacing any value there (write transactions only)."""
         self.raw.put(k, json.dumps(value, separators=(",", ":")).encode(), db=self._h(table))
 
     def delete(self, table: str, k: bytes) -> bool:
+        """Remove ``k``; True if it existed."""
         return bool(self.raw.delete(k, db=self._h(table)))
 
     def scan(self, table: str, pfx: bytes = b"") -> Iterator[tuple[bytes, Any]]:
@@ -107,6 +112,7 @@ class Txn:
                 yield kb, json.loads(bytes(v))
 
     def keys(self, table: str, pfx: bytes = b"") -> list[bytes]:
+        """Every key starting with ``pfx``, in key order (values are not decoded)."""
         out: list[bytes] = []
         with self.raw.cursor(db=self._h(table)) as cur:
             if not cur.set_range(pfx):
@@ -119,6 +125,7 @@ class Txn:
         return out
 
     def delete_prefix(self, table: str, pfx: bytes) -> int:
+        """Remove every key starting with ``pfx``; returns how many were removed."""
         ks = self.keys(table, pfx)
         for k in ks:
             self.raw.delete(k, db=self._h(table))
@@ -158,6 +165,12 @@ class DB:
     # -- sharing -----------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str) -> DB:
+        """The shared instance for the database directory ``path``; pair each call with :meth:`release`.
+
+        Instances are keyed by real path and reference-counted; a forked child gets a
+        fresh environment instead of the one inherited from its parent. Unavailable if
+        LMDB cannot open it; FailedPrecondition if its schema is newer than this ocistore's.
+        """
         real = os.path.realpath(path)
         with cls._registry_lock:
             db = cls._registry.get(real)
@@ -174,6 +187,10 @@ class DB:
             return db
 
     def release(self) -> None:
+        """Drop one reference from :meth:`open`; the last one closes the environment.
+
+        A no-op on an instance inherited through ``fork()``.
+        """
         if self.pid != os.getpid():
             return  # inherited through fork(): belongs to the parent
         with self._registry_lock:
@@ -186,6 +203,7 @@ class DB:
     # -- transactions ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def read(self) -> Iterator[Txn]:
+        """A read-only transaction: a consistent snapshot for the duration of the block."""
         with self.env.begin(write=False, buffers=False) as raw:
             yield Txn(self, raw, write=False)
 
@@ -226,11 +244,13 @@ class DB:
 
     # -- namespaces ----------------------------------------------------------------------------
     def ensure_namespace(self, txn: Txn, ns: str) -> None:
+        """Create the record of namespace ``ns`` (no labels) in ``txn`` unless it exists."""
         k = ns.encode()
         if not txn.has("namespaces", k):
             txn.put("namespaces", k, {"labels": {}, "created_at": to_ns(now())})
 
     def namespaces(self) -> list[str]:
+        """The names of all namespaces that have a record, sorted."""
         with self.read() as txn:
             return [k.decode() for k in txn.keys("namespaces")]
 
@@ -243,6 +263,7 @@ class DB:
             txn.put("namespaces", ns.encode(), rec)
 
     def namespace_labels(self, ns: str) -> dict[str, str]:
+        """A namespace's labels; empty if the namespace has no record."""
         with self.read() as txn:
             rec = txn.get("namespaces", ns.encode())
         return dict(rec["labels"]) if rec else {}
@@ -258,6 +279,7 @@ class DB:
 
     @contextlib.contextmanager
     def lease_context(self, ns: str, lease_id: str) -> Iterator[None]:
+        """Make ``lease_id`` this thread's current lease in ``ns`` for the block (nestable; innermost wins)."""
         stack: list[tuple[str, str]] = self._local.__dict__.setdefault("leases", [])
         stack.append((ns, lease_id))
         try:
@@ -275,6 +297,7 @@ class DB:
         txn.put("lease_resources", key(ns, lease_id, rtype, rid), "")
 
     def remove_from_lease(self, txn: Txn, ns: str, rtype: str, rid: str) -> None:
+        """Drop ``rtype/rid`` from the thread's current lease in ``ns`` (if any); other leases keep it."""
         lease_id = self.current_lease(ns)
         if lease_id is not None:
             txn.delete("lease_resources", key(ns, lease_id, rtype, rid))
@@ -288,4 +311,5 @@ MIGRATIONS: list[tuple[int, Callable[[Txn], None]]] = [(1, _initial)]
 
 
 def json_labels(value: Mapping[str, str] | None) -> dict[str, str]:
+    """A copy of ``value`` without empty values (None gives ``{}``)."""
     return {k: v for k, v in (value or {}).items() if v != ""}
