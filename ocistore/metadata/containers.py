@@ -38,6 +38,10 @@ def _from_record(cid: str, rec: Mapping[str, Any]) -> ContainerRecord:
 
 
 def validate_id(cid: str, what: str = "container") -> None:
+    """Raise InvalidArgument unless ``cid`` is a valid containerd identifier.
+
+    That is: letters and digits, joined by single ``.``, ``_`` or ``-``, at most 76 characters.
+    """
     if not cid or len(cid) > 76 or not re.fullmatch(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*", cid):
         raise errors.InvalidArgument(
             f"invalid {what} id {cid!r}: use letters, digits and single '.', '_' or '-' between them "
@@ -53,6 +57,7 @@ class ContainerRecords:
         self.ns = namespace
 
     def get(self, cid: str) -> ContainerRecord:
+        """The container ``cid``; NotFound if this namespace has none."""
         with self.db.read() as txn:
             rec = txn.get("containers", key(self.ns, cid))
         if rec is None:
@@ -60,10 +65,16 @@ class ContainerRecords:
         return _from_record(cid, rec)
 
     def list(self) -> list[ContainerRecord]:
+        """Every container of this namespace, ordered by id."""
         with self.db.read() as txn:
             return [_from_record(split_key(k)[1], r) for k, r in txn.scan("containers", prefix(self.ns))]
 
     def create(self, record: ContainerRecord) -> ContainerRecord:
+        """Store a new container and return it with cleaned labels and both timestamps set.
+
+        The record's own timestamps are ignored. InvalidArgument for a bad id or label;
+        AlreadyExists if the id is taken in this namespace.
+        """
         validate_id(record.id)
         labels = validate_labels(record.labels, f"container {record.id}: ")
         t = _time.to_ns(_time.now())
@@ -79,6 +90,10 @@ class ContainerRecords:
         return attrs.evolve(record, labels=labels, created_at=_time.from_ns(t), updated_at=_time.from_ns(t))
 
     def delete(self, cid: str) -> ContainerRecord:
+        """Remove the container ``cid`` and return its last record; NotFound if absent.
+
+        What only it kept alive (its snapshot, its labels' references) goes at the next gc.
+        """
         with self.db.write() as txn:
             k = key(self.ns, cid)
             rec = txn.get("containers", k)
