@@ -68,6 +68,12 @@ class Selector(Filter):
     regex: re.Pattern[str] | None = attrs.field(default=None, eq=False, repr=False)
 
     def match(self, adaptor: Adaptor) -> bool:
+        """Test the term on the adapted object.
+
+        ``?``: the field is present; ``==``: present and equal; ``!=``: the value differs
+        (adaptors report an absent field as ``""``, so it matches unless ``value`` is empty,
+        as in containerd); ``~=``: the regular expression matches somewhere in the value.
+        """
         value, present = adaptor(self.fieldpath)
         if self.op == "?":
             return present
@@ -85,6 +91,7 @@ class AllOf(Filter):
     filters: tuple[Filter, ...]
 
     def match(self, adaptor: Adaptor) -> bool:
+        """True if every filter matches (so an empty ``AllOf`` matches everything)."""
         return all(f.match(adaptor) for f in self.filters)
 
 
@@ -95,6 +102,7 @@ class AnyOf(Filter):
     filters: tuple[Filter, ...]
 
     def match(self, adaptor: Adaptor) -> bool:
+        """True if at least one filter matches (so an empty ``AnyOf`` matches nothing)."""
         return any(f.match(adaptor) for f in self.filters)
 
 
