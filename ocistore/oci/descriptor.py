@@ -64,6 +64,7 @@ class Descriptor:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The OCI JSON form: ``mediaType``, ``digest``, ``size``, plus the optional fields that are set."""
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
         if self.urls:
             out["urls"] = list(self.urls)

@@ -29,9 +29,12 @@ _HEX = re.compile(r"[a-f0-9]+\Z")
 class Hasher(Protocol):
     """The part of ``hashlib`` hash objects ocistore uses."""
 
-    def update(self, data: bytes, /) -> None: ...
-    def hexdigest(self) -> str: ...
-    def copy(self) -> Hasher: ...
+    def update(self, data: bytes, /) -> None:
+        """Hash more bytes."""
+    def hexdigest(self) -> str:
+        """The hex digest of the bytes so far (the hasher stays usable)."""
+    def copy(self) -> Hasher:
+        """An independent hasher in the same state."""
 
 
 def validate_digest(digest: object) -> str:
