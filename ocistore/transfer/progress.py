@@ -40,6 +40,7 @@ class Progress:
         return self._cb is not None
 
     def emit(self, ref: str, digest: str, kind: str, status: str, offset: int = 0, total: int = 0) -> None:
+        """Build a :class:`ProgressEvent` and pass it to the callback under the lock (nothing without one)."""
         if self._cb is None:
             return
         event = ProgressEvent(ref=ref, digest=digest, kind=kind, status=status, offset=offset, total=total)
