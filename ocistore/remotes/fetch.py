@@ -119,12 +119,15 @@ class BlobReader(io.RawIOBase):
         return self._verified
 
     def readable(self) -> bool:
+        """Always True."""
         return True
 
     def seekable(self) -> bool:
+        """True, though only forward seeks work (see :meth:`seek`)."""
         return True
 
     def tell(self) -> int:
+        """The offset in the blob of the next byte to read."""
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
@@ -144,6 +147,7 @@ class BlobReader(io.RawIOBase):
         return self._pos
 
     def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` as :meth:`read` would; returns the number of bytes (0 at the end)."""
         view = memoryview(buffer).cast("B")
         data = self.read(len(view))
         view[: len(data)] = data
@@ -234,6 +238,7 @@ class BlobReader(io.RawIOBase):
             self._resp = None
 
     def close(self) -> None:
+        """Close the open response, if any, and the reader."""
         self._drop_connection()
         super().close()
 
