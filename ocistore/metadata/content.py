@@ -381,7 +381,7 @@ class NamespacedWriter:
                             started_at=self._started, updated_at=self._updated, expected=self._expected)
 
     def digest(self) -> str:
-        """The digest of the bytes so far (a shared ingest: the blob's digest)."""
+        """The sha256 digest of the bytes so far, whatever ``expected`` was (a shared ingest: ``expected``)."""
         if self._w is not None:
             return self._w.digest()
         return self._expected or EMPTY_DIGEST
