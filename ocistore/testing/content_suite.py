@@ -90,10 +90,12 @@ class ContentStoreSuite:
 
     @pytest.fixture
     def make_store(self) -> MakeStore:  # pragma: no cover - provided by subclasses
+        """Override: a callable ``namespace -> content store`` giving views of one root."""
         raise NotImplementedError
 
     # 1
     def test_writer(self, make_store: MakeStore) -> None:
+        """Writers with and without ``total``/``expected`` commit; info has the size, labels and commit times."""
         cs = make_store("writer")
         small, big = _random(256, 1), os.urandom(32 << 20)
         cases = [("c1", small, False, False), ("c2", small, True, False), ("c3", small, False, True),
@@ -117,6 +119,7 @@ class ContentStoreSuite:
 
     # 2
     def test_update_status(self, make_store: MakeStore) -> None:
+        """status() and digest() follow every write: offset, total, ref, start and update times."""
         cs = make_store("status")
         data = _random(256, 2)
         before = _now()
@@ -140,6 +143,7 @@ class ContentStoreSuite:
 
     # 3
     def test_commit_exists(self, make_store: MakeStore) -> None:
+        """Committing the bytes of a blob already present raises AlreadyExists, with or without ``expected``."""
         cs = make_store("exists")
         data = _random(256, 3)
         cs.ingest(data, labels=_root_labels())
@@ -151,6 +155,7 @@ class ContentStoreSuite:
 
     # 4
     def test_resume(self, make_store: MakeStore) -> None:
+        """A new writer on a closed ingest's ref resumes it: same offset, total, start time and digest."""
         cs = make_store("resume")
         data = _random(256, 4)
         w = cs.writer("resume-1", total=256, expected=_digest(data))
@@ -185,6 +190,7 @@ class ContentStoreSuite:
 
     # 5
     def test_resume_truncate(self, make_store: MakeStore) -> None:
+        """Resume at several offsets, then ``truncate(0)``, rewrite everything and commit."""
         def finish(w: Any, data: bytes) -> None:
             w.truncate(0)
             assert w.status().offset == 0
@@ -195,6 +201,7 @@ class ContentStoreSuite:
 
     # 6
     def test_resume_discard(self, make_store: MakeStore) -> None:
+        """Resume at several offsets and write only the bytes after ``status().offset``."""
         def finish(w: Any, data: bytes) -> None:
             w.write(data[w.status().offset:])
             w.commit(len(data), _digest(data), labels=_root_labels())
@@ -204,6 +211,7 @@ class ContentStoreSuite:
     # 7, 8, 9
     @pytest.mark.parametrize("mode", ["reader", "seek", "readat"])
     def test_resume_copy(self, make_store: MakeStore, mode: str) -> None:
+        """Resume the way ``content.Copy`` does: skip, seek or slice the source to the writer's offset."""
         def finish(w: Any, data: bytes) -> None:
             src: Any = _PlainReader(data) if mode == "reader" else io.BytesIO(data)
             _copy(w, src, len(data), _digest(data), mode)
@@ -212,6 +220,7 @@ class ContentStoreSuite:
 
     # 10
     def test_small_blob(self, make_store: MakeStore) -> None:
+        """A tiny blob commits and reads back through open() and read()."""
         cs = make_store("small")
         data = b"small\n"
         w = cs.writer("small-1", total=len(data), expected=_digest(data))
@@ -223,6 +232,7 @@ class ContentStoreSuite:
 
     # 11
     def test_labels(self, make_store: MakeStore) -> None:
+        """Labels from ingest; update() replaces them or edits keys by fieldpath, keeping created_at."""
         cs = make_store("labels")
         data = _random(64, 11)
         labels = {"k1": "v1", "k2": "v2", **_root_labels()}
@@ -243,6 +253,12 @@ class ContentStoreSuite:
 
     # 12
     def test_commit_error_state(self, make_store: MakeStore) -> None:
+        """Error states of commit and what each leaves behind.
+
+        A second writer on a live ref is Unavailable; a duplicate commit is AlreadyExists and
+        frees the ref; a wrong digest or size is FailedPrecondition and keeps the data for a
+        resume; ``truncate(0)`` then close leaves an empty ingest.
+        """
         cs = make_store("errstate")
         data = _random(128, 12)
         ref = "errstate-1"
@@ -284,6 +300,7 @@ class ContentStoreSuite:
 
     # 13
     def test_cross_namespace_append(self, make_store: MakeStore) -> None:
+        """Shared policy: a blob of one namespace starts complete in another, which may append and commit a new blob."""
         a, b = make_store("append-n1"), make_store("append-n2")
         data = _random(1000, 13)
         d = _digest(data)
@@ -303,6 +320,7 @@ class ContentStoreSuite:
 
     # 14
     def test_cross_namespace_share(self, make_store: MakeStore) -> None:
+        """Shared policy: another namespace commits a blob it never saw without writing a byte."""
         a, b = make_store("share-n1"), make_store("share-n2")
         data = _random(1000, 14)
         d = _digest(data)
@@ -317,6 +335,7 @@ class ContentStoreSuite:
 
     # extra: status listing and abort
     def test_statuses_and_abort(self, make_store: MakeStore) -> None:
+        """statuses() lists a closed ingest; abort() removes it, and aborting again is NotFound."""
         cs = make_store("statuses")
         w = cs.writer("st-a", total=10)
         w.write(b"12345")
@@ -329,6 +348,7 @@ class ContentStoreSuite:
             cs.abort("st-a")
 
     def test_delete_and_walk(self, make_store: MakeStore) -> None:
+        """walk() with no filter, one filter and alternatives; delete() forgets a blob, twice is NotFound."""
         cs = make_store("walk")
         d1 = cs.ingest(b"one", labels={"a": "1"}).digest
         d2 = cs.ingest(b"two", labels={"a": "2"}).digest
@@ -342,6 +362,7 @@ class ContentStoreSuite:
             cs.delete(d1)
 
     def test_invalid_input(self, make_store: MakeStore) -> None:
+        """Malformed digests, an empty ref and an oversized label raise InvalidArgument."""
         cs = make_store("invalid")
         for bad in ("sha256:xyz", "md5:" + "0" * 32, "sha256:" + "A" * 64, "../../etc/passwd", ""):
             with pytest.raises(errors.InvalidArgument):
@@ -357,10 +378,12 @@ class IsolatedContentSuite:
 
     @pytest.fixture
     def make_store(self) -> MakeStore:  # pragma: no cover - provided by subclasses
+        """Override: a callable ``namespace -> content store`` giving views of one root."""
         raise NotImplementedError
 
     # 15
     def test_cross_namespace_isolate(self, make_store: MakeStore) -> None:
+        """Isolated policy: another namespace's writer for a present blob starts empty and must send every byte."""
         a, b = make_store("isolate-n1"), make_store("isolate-n2")
         data = _random(1000, 15)
         d = _digest(data)
@@ -376,6 +399,7 @@ class IsolatedContentSuite:
 
     # 16
     def test_shared_namespace_isolate(self, make_store: MakeStore) -> None:
+        """Isolated policy: a blob of a namespace labelled shareable starts complete elsewhere."""
         a, b = make_store("shareable-n1"), make_store("shareable-n2")
         a.set_namespace_labels({"containerd.io/namespace.shareable": "true"})
         data = _random(1000, 16)
