@@ -241,10 +241,12 @@ class SnapshotterSuite:
         return self.work / f"mnt-{next(self._targets)}"
 
     def prepare_and_apply(self, key: str, parent: str, applier: Applier) -> None:
+        """Prepare the active snapshot ``key`` on ``parent`` (gc root labels) and run ``applier`` on its tree."""
         with self.attached(self.sn.prepare(key, parent, GC_ROOT), self.mount_point()) as root:
             applier(root)
 
     def check_view(self, name: str, flat: Path) -> None:
+        """Assert that a view of snapshot ``name`` equals the directory ``flat``; the view is removed after."""
         view = f"{name}-view"
         with self.attached(self.sn.view(view, name, GC_ROOT), self.mount_point()) as root:
             check_directory_equal(flat, root)
@@ -264,6 +266,7 @@ class SnapshotterSuite:
             parent = name
 
     def commit_empty(self, key: str, name: str, parent: str = "") -> None:
+        """Prepare ``key`` on ``parent`` and commit it unchanged as ``name``."""
         self.sn.prepare(key, parent, GC_ROOT)
         self.sn.commit(name, key, GC_ROOT)
 
