@@ -57,9 +57,11 @@ class LocalStore:
 
     # -- reading ---------------------------------------------------------------------------
     def exists(self, digest: str) -> bool:
+        """Whether the blob file exists."""
         return self.blob_path(digest).is_file()
 
     def info(self, digest: str) -> ContentInfo:
+        """Size and times of a blob from its file (no labels at this layer); NotFound if absent."""
         try:
             st = os.stat(self.blob_path(digest))
         except FileNotFoundError:
@@ -73,12 +75,14 @@ class LocalStore:
         )
 
     def open(self, digest: str) -> BinaryIO:
+        """A reader of the blob file; NotFound if absent."""
         try:
             return open(self.blob_path(digest), "rb")
         except FileNotFoundError:
             raise errors.NotFound(f"content {digest} not found (blob missing from the store)") from None
 
     def walk(self) -> Iterator[ContentInfo]:
+        """Every blob file under a known algorithm whose name is a valid digest."""
         for alg, d in self.layout.algorithms():
             if not d.is_dir():
                 continue
@@ -112,12 +116,14 @@ class LocalStore:
             raise
 
     def status(self, ref: str) -> IngestStatus:
+        """The status of the ingest ``ref``; NotFound if there is none."""
         st = self._read_status(self.ingest_path(ref))
         if st is None or st.ref != ref:
             raise errors.NotFound(f"ingest {ref!r} not found")
         return st
 
     def statuses(self) -> list[IngestStatus]:
+        """The status of every readable ingest, by directory name."""
         out = []
         for entry in sorted(os.scandir(self.ingest_dir), key=lambda e: e.name):
             if entry.is_dir():
@@ -204,6 +210,7 @@ class LocalWriter:
     # -- protocol --------------------------------------------------------------------------
     @property
     def ref(self) -> str:
+        """The ingest ref this writer holds."""
         return self._ref
 
     def _check_open(self) -> None:
@@ -211,6 +218,7 @@ class LocalWriter:
             raise errors.FailedPrecondition(f"writer for ref {self._ref!r} is closed")
 
     def write(self, data: bytes, /) -> int:
+        """Append ``data`` and hash it; a full disk raises Unavailable and keeps what was written before."""
         self._check_open()
         view = memoryview(data)
         n = len(view)
@@ -230,18 +238,21 @@ class LocalWriter:
         return n
 
     def status(self) -> IngestStatus:
+        """Offset, total and times of this ingest."""
         return IngestStatus(
             ref=self._ref, offset=self._offset, total=self._total,
             started_at=self._started, updated_at=self._updated,
         )
 
     def digest(self) -> str:
+        """The digest of the bytes written so far."""
         return f"{self._hasher_name()}:{self._hasher.copy().hexdigest()}"
 
     def _hasher_name(self) -> str:
         return "sha512" if len(self._hasher.copy().hexdigest()) == 128 else "sha256"
 
     def truncate(self, size: int) -> None:
+        """Restart the ingest from zero (only ``size=0`` is supported)."""
         self._check_open()
         if size != 0:
             raise errors.InvalidArgument(f"truncate of ingest {self._ref!r}: only size 0 is supported")

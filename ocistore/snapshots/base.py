@@ -364,6 +364,9 @@ class SnapshotterBase:
         rec = self._get(txn, wanted)
         if rec is None:
             raise errors.NotFound(f"parent {self._what(wanted)} for rebasing {k!r} does not exist")
+        # containerd's kinds differ on purpose: preparing on an uncommitted parent is a bad
+        # argument (storage CreateSnapshot: InvalidArgument), committing onto one is a state
+        # that may still change (storage CommitActive: FailedPrecondition).
         if rec.kind is not Kind.COMMITTED:
             raise errors.FailedPrecondition(
                 f"parent {self._what(wanted)} is {rec.kind.value}, not committed; commit it first"

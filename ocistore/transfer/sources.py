@@ -110,6 +110,7 @@ class TarIndex:
         return m
 
     def has(self, name: str) -> bool:
+        """Whether ``name`` resolves (through links) to a regular file member."""
         try:
             self._resolve(name)
         except (errors.NotFound, errors.InvalidArgument):
@@ -117,13 +118,16 @@ class TarIndex:
         return True
 
     def open(self, name: str) -> BinaryIO:
+        """A reader of member ``name``'s bytes, in place in the tar."""
         m = self._resolve(name)
         return io.BufferedReader(_Section(self._f.fileno(), m.offset_data, m.size))
 
     def size(self, name: str) -> int:
+        """The size of member ``name``."""
         return self._resolve(name).size
 
     def close(self) -> None:
+        """Close the tar file."""
         self._f.close()
 
 
@@ -139,11 +143,13 @@ class LayoutSource:
         return posixpath.join(self.prefix, rel) if self.prefix else rel
 
     def exists(self, rel: str) -> bool:
+        """Whether the layout holds the file ``rel``."""
         if self.tar is not None:
             return self.tar.has(self._name(rel))
         return (self.path / rel).is_file()
 
     def open_file(self, rel: str) -> BinaryIO:
+        """A reader of the layout's file ``rel``; NotFound if absent."""
         if self.tar is not None:
             return self.tar.open(self._name(rel))
         try:
@@ -152,6 +158,7 @@ class LayoutSource:
             raise errors.NotFound(f"{rel} not found in OCI layout {self.path}") from None
 
     def read_json(self, rel: str) -> Any:
+        """The layout's JSON file ``rel``, parsed (at most 8 MiB)."""
         with self.open_file(rel) as f:
             data = f.read(MAX_JSON + 1)
         if len(data) > MAX_JSON:
@@ -162,6 +169,7 @@ class LayoutSource:
             raise errors.InvalidArgument(f"{rel} in {self.path} is not valid JSON: {e}") from None
 
     def fetch_into(self, desc: Descriptor, writer: ContentWriter) -> None:
+        """Copy the layout's blob ``desc`` into ``writer`` and commit it (see :class:`Source`)."""
         try:
             src = self.open_file(blob_name(desc.digest))
         except errors.NotFound:
@@ -170,9 +178,11 @@ class LayoutSource:
             copy_into(src, desc, writer)
 
     def blob_labels(self, desc: Descriptor) -> dict[str, str]:
+        """No extra labels for blobs from a layout."""
         return {}
 
     def close(self) -> None:
+        """Close the underlying tar, if any."""
         if self.tar is not None:
             self.tar.close()
 
@@ -186,9 +196,11 @@ class RegistrySource:
         self._label = source_label
 
     def fetch_into(self, desc: Descriptor, writer: ContentWriter) -> None:
+        """Download the blob ``desc`` into ``writer`` (resuming at its offset) and commit it."""
         self.client.fetch_into(self.ref, desc, writer)
 
     def blob_labels(self, desc: Descriptor) -> dict[str, str]:
+        """``containerd.io/distribution.source.<registry>=<repository>``, as containerd labels fetched blobs."""
         if self._label is None:
             return {}
         return {f"containerd.io/distribution.source.{self._label[0]}": self._label[1]}
