@@ -468,3 +468,27 @@ def test_fetch_and_pull_from_registry(tmp_path: Path, registry_plain: Any, regis
     got = ok(run(root, "content", "fetch", "--plain-http", "--user", user, basic,
                  stdin=f"{registry_basic.password}\n".encode()))
     assert got.out.splitlines()[-1].split()[0] == basic
+
+
+def test_json_is_accepted_after_every_verb(tmp_path: Path) -> None:
+    """``--json`` works after the verb as well as before it, for every verb of the parser."""
+    import argparse
+
+    from ocistore.cli.app import build_parser
+
+    def leaves(p: argparse.ArgumentParser, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            return [(path, p)]
+        return [leaf for a in subs for name, child in a.choices.items() for leaf in leaves(child, (*path, name))]
+
+    all_verbs = leaves(build_parser(), ())
+    assert len(all_verbs) > 30
+    assert all("--json" in p._option_string_actions for _, p in all_verbs), [
+        " ".join(v) for v, p in all_verbs if "--json" not in p._option_string_actions
+    ]
+    ok(run(tmp_path, "leases", "create", "--id", "l1"))
+    assert [lease["id"] for lease in ok(run(tmp_path, "leases", "ls", "--json")).json()] == ["l1"]
+    assert ok(run(tmp_path, "snapshots", "ls", "--json")).json() == []
+    assert ok(run(tmp_path, "containers", "ls", "--json")).json() == []
+    assert ok(run(tmp_path, "--json", "containers", "ls")).json() == []

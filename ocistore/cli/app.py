@@ -15,6 +15,7 @@ from typing import TextIO
 
 from ocistore import __version__, errors
 from ocistore.cli import containers, content, images, leases, maintenance, snapshots
+from ocistore.cli.args import add_json_flag
 from ocistore.cli.context import Context, UsageError
 
 __all__ = ["build_parser", "default_root", "main"]
@@ -53,7 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     for module in (content, images, snapshots, containers, leases, maintenance):
         module.register(sub)
+    _json_on_every_verb(parser)
     return parser
+
+
+def _json_on_every_verb(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--json`` after any verb too (``ocistore snapshots ls --json``), as before it."""
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subparsers:
+        if "--json" not in parser._option_string_actions:
+            add_json_flag(parser)
+        return
+    for action in subparsers:
+        for child in set(action.choices.values()):  # aliases map to the same parser
+            _json_on_every_verb(child)
 
 
 def _context(args: argparse.Namespace, stdout: TextIO | None, stderr: TextIO | None,
