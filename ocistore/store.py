@@ -68,7 +68,7 @@ class Store:
         self.namespace = validate_namespace(namespace)
         self.layout = RootLayout(root)
         self.root = self.layout.root
-        self.layout.create()
+        _create_root(self.layout)
         self.registry_options: dict[str, Any] = dict(registry)
         self.db = DB.open(str(self.layout.metadata))
         self._closed = False
@@ -219,6 +219,23 @@ class Store:
     def disk_usage(self) -> DiskUsage:
         """Bytes allocated on disk by content, ingests, snapshots and metadata."""
         return disk_usage(self.layout)
+
+
+def _create_root(layout: RootLayout) -> None:
+    """Create the root's skeleton; an unusable root is a clear error, not an OSError."""
+    try:
+        layout.create()
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (layout.root, *layout.root.parents) if p.exists()), layout.root)
+        raise errors.InvalidArgument(
+            f"store root {layout.root}: {blocker} is not a directory; "
+            "pass a directory (it is created if missing)"
+        ) from None
+    except PermissionError as exc:
+        raise errors.FailedPrecondition(
+            f"store root {layout.root}: cannot create {exc.filename or layout.root} (permission denied); "
+            "choose a directory you can write or run with the needed rights"
+        ) from None
 
 
 def _rest(options: Mapping[str, Any]) -> dict[str, Any]:

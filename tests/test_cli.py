@@ -492,3 +492,27 @@ def test_json_is_accepted_after_every_verb(tmp_path: Path) -> None:
     assert ok(run(tmp_path, "snapshots", "ls", "--json")).json() == []
     assert ok(run(tmp_path, "containers", "ls", "--json")).json() == []
     assert ok(run(tmp_path, "--json", "containers", "ls")).json() == []
+
+
+def test_messages_name_the_problem_not_the_library(tmp_path: Path) -> None:
+    """A refused connection, an impossible port and a root that is a file: one plain line each."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        refused = run(tmp_path / "root", "images", "fetch", "--plain-http", f"127.0.0.1:{port}/debian:gzip")
+    assert refused.code == 1
+    assert "connection refused" in refused.stderr and "Connection(" not in refused.stderr
+    assert refused.stderr.count("\n") == 1
+
+    bad_port = run(tmp_path / "root", "images", "fetch", "127.0.0.1:99999/debian:gzip")
+    assert bad_port.code == 1 and "port 99999 is not between 1 and 65535" in bad_port.stderr
+    assert "Failed to parse" not in bad_port.stderr
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for root in (afile, afile / "sub"):
+        res = run(root, "images", "ls")
+        assert res.code == 1 and f"{afile} is not a directory" in res.stderr
+        assert "File exists" not in res.stderr

@@ -172,6 +172,9 @@ def parse_reference(ref: str) -> Reference:
     domain, path = _split_domain(ref, name)
     if not _DOMAIN.match(domain):
         raise _bad(ref, f"bad registry host {domain!r}")
+    port = domain.rpartition(":")[2] if not domain.endswith("]") and ":" in domain else ""
+    if port and not 0 < int(port) < 65536:
+        raise _bad(ref, f"bad registry host {domain!r}: port {port} is not between 1 and 65535")
     if path != path.lower():
         raise _bad(ref, f"repository name {name!r} must be lowercase")
     if not _PATH.match(path):

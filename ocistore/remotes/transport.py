@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -361,5 +362,23 @@ def read_capped_quietly(resp: urllib3.BaseHTTPResponse) -> bytes:
 
 
 def _describe(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    return str(reason or exc)
+    """What went wrong on the wire, in words (not urllib3's class and connection reprs)."""
+    reason = getattr(exc, "reason", None) or exc
+    cause = reason.__cause__ or reason.__context__
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused (is the registry running on that host and port?)"
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve the host name ({cause.strerror})"
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"cannot connect ({cause.strerror})"
+        return "cannot connect"
+    if isinstance(reason, urllib3.exceptions.ConnectTimeoutError):
+        return "connection timed out"
+    if isinstance(reason, urllib3.exceptions.ReadTimeoutError):
+        return "the registry stopped answering (read timed out)"
+    if isinstance(reason, urllib3.exceptions.LocationParseError):
+        return "the registry address cannot be parsed"
+    if isinstance(reason, urllib3.exceptions.ProtocolError):
+        return f"the connection broke ({cause or reason})"
+    return str(reason)
