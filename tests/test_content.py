@@ -1,16 +1,19 @@
-"""The content conformance suite on the namespaced store, plus store-specific behaviour."""
+"""The content conformance suite on the namespaced store and the bare blob store, plus store-specific behaviour."""
 
 from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from ocistore import Store, errors
+from ocistore.content import local
 from ocistore.content.local import LocalStore
 from ocistore.testing.content_suite import ContentStoreSuite, IsolatedContentSuite, MakeStore
 
@@ -28,6 +31,23 @@ class TestStoreContent(ContentStoreSuite):
         yield make
         for s in opened:
             s.close()
+
+
+class TestBareLocalStore(ContentStoreSuite):
+    """The same cases on the bare blob store, as containerd runs its suite on plugins/content/local.
+
+    containerd's store_test.go gives its local store an in-memory label store; this one has
+    none, so the labels cases assert FailedPrecondition (rule 1.20) instead.
+    """
+
+    supports_labels = False
+    supports_namespaces = False
+    missing_is_not_found = False
+
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> MakeStore:
+        store = LocalStore(tmp_path / "content")
+        return lambda ns: store
 
 
 class _IsolatedView:
@@ -70,6 +90,43 @@ def test_corrupt_blob_on_disk_is_detected(tmp_path: Path) -> None:
         path.write_bytes(b"precious dat4")
         with pytest.raises(errors.DigestMismatch):
             s.content.read(d)
+
+
+def test_bare_read_checks_digest_and_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cs = LocalStore(tmp_path)
+    w = cs.writer("r")
+    w.write(b"precious data")
+    d = w.commit()
+    assert cs.read(d) == b"precious data"
+    monkeypatch.setattr(local, "MAX_READ", 4)
+    with pytest.raises(errors.SizeLimitExceeded):
+        cs.read(d)
+    monkeypatch.undo()
+    path = cs.blob_path(d)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"precious dat4")
+    with pytest.raises(errors.DigestMismatch):
+        cs.read(d)
+    path.write_bytes(b"precious data and more")
+    with pytest.raises(errors.DigestMismatch):
+        cs.read(d)
+
+
+def test_bare_info_times_are_the_commit_time(tmp_path: Path) -> None:
+    """A resumed ingest written long ago: the blob's created_at/updated_at are its commit, not its writes."""
+    cs = LocalStore(tmp_path)
+    w = cs.writer("old", total=5)
+    w.write(b"hello")
+    w.close()
+    long_ago = time.time_ns() - 3600 * 10**9
+    os.utime(cs.ingest_path("old") / "data", ns=(long_ago, long_ago))
+    before = datetime.now(UTC)
+    d = cs.writer("old", total=5).commit(5)
+    after = datetime.now(UTC)
+    info = cs.info(d)
+    assert info.created_at == info.updated_at
+    assert info.created_at is not None
+    assert before - timedelta(seconds=1) <= info.created_at <= after + timedelta(seconds=1)
 
 
 def test_blobs_are_read_only_and_atomic(tmp_path: Path) -> None:

@@ -8,14 +8,17 @@ Layout under the content root::
 
 A blob becomes visible under its digest only by an exclusive hard link of the verified
 ``data`` file (so two committers of one digest cannot both win), after an fsync.
-This layer knows nothing of namespaces or labels: the metadata layer adds those.
+This layer knows nothing of namespaces or labels: the metadata layer adds those, and
+``Store.content`` is the way to label a blob. :meth:`LocalStore.update` is
+FailedPrecondition, as in containerd's local store opened without a label store; a commit
+with labels is FailedPrecondition too (containerd would drop them silently).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -24,12 +27,16 @@ from ocistore import _time, errors
 from ocistore._files import atomic_write, disk_full, fsync_dir, remove_tree
 from ocistore.content.locks import RefLock
 from ocistore.content.types import ContentInfo, IngestStatus
+from ocistore.filters import label_adaptor, parse_filters
 from ocistore.layout import ContentLayout
-from ocistore.oci.digest import Hasher, algorithm_of, new_hasher, validate_digest
+from ocistore.oci.digest import Hasher, algorithm_of, digest_bytes, new_hasher, validate_digest
 
-__all__ = ["LocalStore", "LocalWriter"]
+__all__ = ["MAX_READ", "LocalStore", "LocalWriter"]
 
 _CHUNK = 1 << 20
+MAX_READ = 64 << 20
+"""The largest blob :meth:`LocalStore.read` returns whole (the same cap as ``Store.content.read``)."""
+_NO_LABELS = "the bare blob store keeps no labels; label blobs through Store.content"
 
 
 class LocalStore:
@@ -81,8 +88,35 @@ class LocalStore:
         except FileNotFoundError:
             raise errors.NotFound(f"content {digest} not found (blob missing from the store)") from None
 
-    def walk(self) -> Iterator[ContentInfo]:
-        """Every blob file under a known algorithm whose name is a valid digest."""
+    def read(self, digest: str) -> bytes:
+        """A whole small blob, checked against its digest (containerd ``content.ReadBlob``).
+
+        NotFound if absent; SizeLimitExceeded above :data:`MAX_READ` bytes (use :meth:`open`);
+        DigestMismatch if the bytes on disk do not hash to ``digest``.
+        """
+        with self.open(digest) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_READ:
+                raise errors.SizeLimitExceeded(
+                    f"content {digest} has {size} bytes; read() is for small blobs, use open()"
+                )
+            data = f.read(size + 1)
+        actual = digest_bytes(data, algorithm_of(digest))
+        if actual != digest or len(data) != size:
+            raise errors.DigestMismatch(
+                f"content {digest} is corrupt on disk (read {len(data)} bytes hashing to {actual}); "
+                "run check(repair=True) and fetch it again",
+                expected=digest, actual=actual,
+            )
+        return data
+
+    def walk(self, filters: str | list[str] | None = None) -> Iterator[ContentInfo]:
+        """Every blob file under a known algorithm whose name is a valid digest, matching ``filters``.
+
+        ``filters`` use containerd's syntax on ``digest`` and ``labels.<key>`` (containerd
+        ``Walk(fn, filters...)``); blobs here have no labels, so a label filter matches none.
+        """
+        flt = parse_filters(filters)
         for alg, d in self.layout.algorithms():
             if not d.is_dir():
                 continue
@@ -90,9 +124,21 @@ class LocalStore:
                 digest = f"{alg}:{entry.name}"
                 try:
                     validate_digest(digest)
-                    yield self.info(digest)
+                    info = self.info(digest)
                 except (errors.InvalidArgument, errors.NotFound):
                     continue
+                if flt.match(label_adaptor({"digest": digest}, info.labels)):
+                    yield info
+
+    def update(
+        self, digest: str, labels: Mapping[str, str], fieldpaths: list[str] | None = None
+    ) -> ContentInfo:
+        """Always FailedPrecondition: this store keeps no labels; label blobs through ``Store.content``.
+
+        containerd's local store opened without a label store does the same ("update not
+        supported on immutable content store"), before it looks at the digest.
+        """
+        raise errors.FailedPrecondition(f"update of content {digest!r}: {_NO_LABELS}")
 
     def delete(self, digest: str) -> None:
         """Remove a blob; a missing blob is not an error at this layer."""
@@ -100,7 +146,7 @@ class LocalStore:
             os.unlink(self.blob_path(digest))
 
     # -- ingests ---------------------------------------------------------------------------
-    def writer(self, ref: str, total: int = 0, expected: str | None = None) -> LocalWriter:
+    def writer(self, ref: str, total: int | None = None, expected: str | None = None) -> LocalWriter:
         """Open (or resume) the ingest ``ref``. ``Unavailable`` if another writer holds it."""
         if not ref:
             raise errors.InvalidArgument("ref must not be empty")
@@ -262,14 +308,21 @@ class LocalWriter:
         self._offset = 0
         self._updated = _time.now()
 
-    def commit(self, size: int | None = None, expected: str | None = None) -> str:
+    def commit(
+        self, size: int | None = None, expected: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> str:
         """Verify and publish the blob. The writer is closed afterwards whatever happens.
 
         Size or digest mismatch keeps the data for a resume (FailedPrecondition /
         DigestMismatch); an already committed blob removes the ingest (AlreadyExists).
+        ``labels`` must be empty: this store keeps none, so labels are refused with
+        FailedPrecondition before anything is published (the ingest is kept), not dropped.
+        The blob's mtime and atime (its ``info()`` times) are set to the commit time.
         """
         self._check_open()
         try:
+            if labels:
+                raise errors.FailedPrecondition(f"commit of ingest {self._ref!r}: {_NO_LABELS} (ingest kept)")
             try:
                 os.fsync(self._fd)
             except OSError as exc:
@@ -296,6 +349,10 @@ class LocalWriter:
                     )
             target = self._store.blob_path(digest)
             target.parent.mkdir(parents=True, exist_ok=True)
+            # info() reads created_at/updated_at from mtime/atime: make both the commit time
+            # (containerd sets atime=mtime=commit time), not the last write's or the open's
+            committed = _time.to_ns(_time.now())
+            os.utime(self._fd, ns=(committed, committed))
             os.fchmod(self._fd, 0o444)
             try:
                 os.link(self._path / "data", target)

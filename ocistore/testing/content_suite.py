@@ -3,6 +3,12 @@
 Subclass :class:`ContentStoreSuite` in a pytest module and provide the ``make_store``
 fixture: a callable ``(namespace: str) -> ContentStore`` that returns views of ONE root
 (so the cross-namespace cases can share blobs). Every case uses fresh refs and data.
+
+A store without labels or namespaces (the bare blob store, as containerd runs its suite
+on ``plugins/content/local`` too) turns the capability switches of
+:class:`ContentStoreSuite` off: cases then assert what such a store does instead (labels
+refused with FailedPrecondition, deleting or aborting what is missing is not an error),
+and only the cross-namespace cases skip.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import io
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -52,7 +58,7 @@ def _check_within(t: datetime | None, start: datetime, end: datetime) -> None:
     assert start - SLACK <= t <= end + SLACK, f"{t} not within [{start}, {end}]"
 
 
-def _copy(w: Any, src: Any, size: int, expected: str, mode: str) -> None:
+def _copy(w: Any, src: Any, size: int, expected: str, mode: str, labels: dict[str, str] | None = None) -> None:
     """content.Copy: reposition the source at the writer's offset, copy, commit."""
     offset = w.status().offset
     if offset:
@@ -72,7 +78,19 @@ def _copy(w: Any, src: Any, size: int, expected: str, mode: str) -> None:
         copied += len(chunk)
     assert copied == size - offset, "short copy"
     with contextlib.suppress(errors.AlreadyExists):
-        w.commit(size, expected)
+        w.commit(size, expected, labels=labels)
+
+
+def _write_blob(cs: Any, ref: str, data: bytes, labels: dict[str, str]) -> str:
+    """content.WriteBlob: a writer for the data's digest, copied and committed; already present is fine."""
+    d = _digest(data)
+    try:
+        w = cs.writer(ref, total=len(data), expected=d)
+    except errors.AlreadyExists:
+        return d
+    with w:
+        _copy(w, io.BytesIO(data), len(data), d, "seek", labels)
+    return d
 
 
 class _PlainReader:
@@ -86,12 +104,34 @@ class _PlainReader:
 
 
 class ContentStoreSuite:
-    """All cases of containerd's ContentSuite plus the shared cross-namespace suite."""
+    """All cases of containerd's ContentSuite plus the shared cross-namespace suite.
+
+    The class attributes say what the store under test can do; a subclass for a store
+    without labels or namespaces turns them off.
+    """
+
+    supports_labels: ClassVar[bool] = True
+    """Commits keep ``labels`` and ``update()`` edits them. Off: the store keeps no labels, so a
+    commit with labels and ``update()`` raise FailedPrecondition (containerd's local store
+    without a label store, rule 1.20) and every blob's labels are empty."""
+    supports_namespaces: ClassVar[bool] = True
+    """``make_store`` gives distinct namespaces of one root. Off: the cross-namespace cases skip."""
+    missing_is_not_found: ClassVar[bool] = True
+    """``delete()`` of a missing blob and ``abort()`` of a missing ingest raise NotFound (the
+    metadata layer, rules 2.13/2.15). Off: both are no-ops, as in containerd's backend (rule 1.22)."""
 
     @pytest.fixture
     def make_store(self) -> MakeStore:  # pragma: no cover - provided by subclasses
         """Override: a callable ``namespace -> content store`` giving views of one root."""
         raise NotImplementedError
+
+    def _commit_labels(self) -> dict[str, str]:
+        """The labels the cases commit with: containerd's ``gc.root``, or none where labels are off."""
+        return _root_labels() if self.supports_labels else {}
+
+    def _need_namespaces(self) -> None:
+        if not self.supports_namespaces:
+            pytest.skip("needs two namespaces of one root; the bare blob store has no namespaces")
 
     # 1
     def test_writer(self, make_store: MakeStore) -> None:
@@ -107,7 +147,7 @@ class ContentStoreSuite:
                           expected=_digest(data) if with_digest else None)
             step = 32 if len(data) < 4096 else 1 << 20
             _write_chunks(w, data, step)
-            labels = _root_labels()
+            labels = self._commit_labels()
             d = w.commit(0, None, labels=labels)
             end = _now()
             assert d == _digest(data) == w.digest()
@@ -137,7 +177,7 @@ class ContentStoreSuite:
             st = w.status()
             assert st.offset == upto and w.digest() == _digest(data[:upto])
             _check_within(st.updated_at, t0, t1)
-        labels = _root_labels()
+        labels = self._commit_labels()
         d = w.commit(256, _digest(data), labels=labels)
         assert cs.info(d).labels == labels and cs.info(d).size == 256
 
@@ -146,7 +186,7 @@ class ContentStoreSuite:
         """Committing the bytes of a blob already present raises AlreadyExists, with or without ``expected``."""
         cs = make_store("exists")
         data = _random(256, 3)
-        cs.ingest(data, labels=_root_labels())
+        _write_blob(cs, "c1", data, self._commit_labels())
         for i, with_digest in enumerate((True, False)):
             w = cs.writer(f"c1-commitexists-{i}")
             w.write(data)
@@ -170,7 +210,7 @@ class ContentStoreSuite:
         assert abs((st.updated_at - before.updated_at).total_seconds()) < 1
         assert w.digest() == d_half == _digest(data[:128])
         w.write(data[128:])
-        d = w.commit(0, None, labels=_root_labels())
+        d = w.commit(0, None, labels=self._commit_labels())
         assert cs.info(d).size == 256
 
     def _resume_matrix(self, make_store: MakeStore, name: str, finish: Callable[..., None]) -> None:
@@ -195,7 +235,7 @@ class ContentStoreSuite:
             w.truncate(0)
             assert w.status().offset == 0
             w.write(data)
-            w.commit(len(data), _digest(data), labels=_root_labels())
+            w.commit(len(data), _digest(data), labels=self._commit_labels())
 
         self._resume_matrix(make_store, "rtrunc", finish)
 
@@ -204,7 +244,7 @@ class ContentStoreSuite:
         """Resume at several offsets and write only the bytes after ``status().offset``."""
         def finish(w: Any, data: bytes) -> None:
             w.write(data[w.status().offset:])
-            w.commit(len(data), _digest(data), labels=_root_labels())
+            w.commit(len(data), _digest(data), labels=self._commit_labels())
 
         self._resume_matrix(make_store, "rdiscard", finish)
 
@@ -225,18 +265,38 @@ class ContentStoreSuite:
         data = b"small\n"
         w = cs.writer("small-1", total=len(data), expected=_digest(data))
         w.write(data)
-        w.commit(len(data), _digest(data), labels=_root_labels())
+        w.commit(len(data), _digest(data), labels=self._commit_labels())
         with cs.open(_digest(data)) as f:
             assert f.read(len(data) + 1) == data
         assert cs.read(_digest(data)) == data
 
     # 11
     def test_labels(self, make_store: MakeStore) -> None:
-        """Labels from ingest; update() replaces them or edits keys by fieldpath, keeping created_at."""
+        """Labels from commit; update() replaces them or edits keys by fieldpath, keeping created_at.
+
+        Where labels are off, the commit with labels and every update() are FailedPrecondition:
+        nothing is published by the refused commit, its ingest is kept, and the blob committed
+        without labels has none.
+        """
         cs = make_store("labels")
         data = _random(64, 11)
+        d = _digest(data)
         labels = {"k1": "v1", "k2": "v2", **_root_labels()}
-        d = cs.ingest(data, labels=labels).digest
+        w = cs.writer("c1-checklabels", total=len(data), expected=d)
+        w.write(data)
+        if not self.supports_labels:
+            with pytest.raises(errors.FailedPrecondition):
+                w.commit(len(data), d, labels=labels)
+            assert not cs.exists(d)
+            w = cs.writer("c1-checklabels", total=len(data), expected=d)
+            assert w.status().offset == len(data)
+            assert w.commit(len(data), d) == d
+            for fieldpaths in (None, ["labels"], ["labels.k1"]):
+                with pytest.raises(errors.FailedPrecondition):
+                    cs.update(d, labels, fieldpaths)
+            assert cs.info(d).labels == {}
+            return
+        w.commit(len(data), d, labels=labels)
         info = cs.info(d)
         assert info.labels == labels
         created = info.created_at
@@ -267,7 +327,7 @@ class ContentStoreSuite:
             cs.writer(ref)
         w.write(data)
         expected = _digest(data)
-        w.commit(len(data), expected, labels=_root_labels())
+        w.commit(len(data), expected, labels=self._commit_labels())
         # duplicate commits -> AlreadyExists, ref reusable afterwards
         for exp in (expected, None):
             w = cs.writer(ref)
@@ -287,7 +347,7 @@ class ContentStoreSuite:
             w.commit(len(extra) + 1, None)
         w = cs.writer(ref)
         assert w.status().offset == len(extra)
-        d = w.commit(len(extra), None, labels=_root_labels())
+        d = w.commit(len(extra), None, labels=self._commit_labels())
         assert d == _digest(extra)
         # truncate + close frees the ref
         w = cs.writer(ref)
@@ -301,18 +361,19 @@ class ContentStoreSuite:
     # 13
     def test_cross_namespace_append(self, make_store: MakeStore) -> None:
         """Shared policy: a blob of one namespace starts complete in another, which may append and commit a new blob."""
+        self._need_namespaces()
         a, b = make_store("append-n1"), make_store("append-n2")
         data = _random(1000, 13)
         d = _digest(data)
         w = a.writer("cross-append", total=len(data), expected=d)
         w.write(data)
-        w.commit(len(data), d, labels=_root_labels())
+        w.commit(len(data), d, labels=self._commit_labels())
         w = b.writer("cross-append", total=len(data), expected=d)
         st = w.status()
         assert st.offset == st.total == len(data)
         more = data + b"appended"
         w.write(b"appended")
-        d2 = w.commit(len(more), _digest(more), labels=_root_labels())
+        d2 = w.commit(len(more), _digest(more), labels=self._commit_labels())
         assert b.read(d2) == more
         assert a.read(d) == data
         with pytest.raises(errors.NotFound):
@@ -321,21 +382,35 @@ class ContentStoreSuite:
     # 14
     def test_cross_namespace_share(self, make_store: MakeStore) -> None:
         """Shared policy: another namespace commits a blob it never saw without writing a byte."""
+        self._need_namespaces()
         a, b = make_store("share-n1"), make_store("share-n2")
         data = _random(1000, 14)
         d = _digest(data)
-        a.ingest(data, labels=_root_labels())
+        a.ingest(data, labels=self._commit_labels())
         with pytest.raises(errors.NotFound):
             b.info(d)
         w = b.writer("cross-share", total=len(data), expected=d)
         st = w.status()
         assert st.offset == st.total == len(data)
-        w.commit(len(data), d, labels=_root_labels())
+        w.commit(len(data), d, labels=self._commit_labels())
         assert b.read(d) == data and a.read(d) == data
 
-    # extra: status listing and abort
+    # extra: what cases 13-14 become on one store, status listing and abort
+    def test_writer_for_present_blob(self, make_store: MakeStore) -> None:
+        """A writer whose ``expected`` blob is already committed is AlreadyExists at open and takes no ref."""
+        cs = make_store("present")
+        data = _random(1000, 17)
+        d = _write_blob(cs, "present-1", data, self._commit_labels())
+        for total in (None, len(data)):
+            with pytest.raises(errors.AlreadyExists):
+                cs.writer("present-2", total=total, expected=d)
+        w = cs.writer("present-2")
+        assert w.status().offset == 0
+        w.close()
+        cs.abort("present-2")
+
     def test_statuses_and_abort(self, make_store: MakeStore) -> None:
-        """statuses() lists a closed ingest; abort() removes it, and aborting again is NotFound."""
+        """statuses() lists a closed ingest; abort() removes it; aborting again is NotFound (or a no-op)."""
         cs = make_store("statuses")
         w = cs.writer("st-a", total=10)
         w.write(b"12345")
@@ -344,33 +419,57 @@ class ContentStoreSuite:
         assert refs["st-a"].offset == 5 and refs["st-a"].total == 10
         cs.abort("st-a")
         assert "st-a" not in {s.ref for s in cs.statuses()}
-        with pytest.raises(errors.NotFound):
+        if self.missing_is_not_found:
+            with pytest.raises(errors.NotFound):
+                cs.abort("st-a")
+        else:
             cs.abort("st-a")
 
     def test_delete_and_walk(self, make_store: MakeStore) -> None:
-        """walk() with no filter, one filter and alternatives; delete() forgets a blob, twice is NotFound."""
+        """walk() with no filter, one filter and alternatives; delete() forgets a blob, twice is NotFound.
+
+        Label filters match nothing where labels are off; deleting twice is a no-op where
+        ``missing_is_not_found`` is off.
+        """
         cs = make_store("walk")
-        d1 = cs.ingest(b"one", labels={"a": "1"}).digest
-        d2 = cs.ingest(b"two", labels={"a": "2"}).digest
+        on = self.supports_labels
+        d1 = _write_blob(cs, "walk-1", b"one", {"a": "1"} if on else {})
+        d2 = _write_blob(cs, "walk-2", b"two", {"a": "2"} if on else {})
         assert {i.digest for i in cs.walk()} >= {d1, d2}
-        assert [i.digest for i in cs.walk('labels.a==2')] == [d2]
-        assert {i.digest for i in cs.walk(["labels.a==1", "labels.a==2"])} == {d1, d2}
+        assert [i.digest for i in cs.walk(f"digest=={d2}")] == [d2]
+        assert {i.digest for i in cs.walk([f"digest=={d1}", f"digest=={d2}"])} == {d1, d2}
+        assert [i.digest for i in cs.walk("labels.a==2")] == ([d2] if on else [])
+        assert {i.digest for i in cs.walk(["labels.a==1", "labels.a==2"])} == ({d1, d2} if on else set())
+        with pytest.raises(errors.InvalidArgument):
+            list(cs.walk("labels.a=="))
         cs.delete(d1)
         with pytest.raises(errors.NotFound):
             cs.info(d1)
-        with pytest.raises(errors.NotFound):
+        assert d1 not in {i.digest for i in cs.walk()}
+        if self.missing_is_not_found:
+            with pytest.raises(errors.NotFound):
+                cs.delete(d1)
+        else:
             cs.delete(d1)
 
     def test_invalid_input(self, make_store: MakeStore) -> None:
-        """Malformed digests, an empty ref and an oversized label raise InvalidArgument."""
+        """Malformed digests, an empty ref and an oversized label raise InvalidArgument.
+
+        The label size limit is the labelling layer's (rule 0.1): where labels are off, any
+        label is refused (see :meth:`test_labels`).
+        """
         cs = make_store("invalid")
         for bad in ("sha256:xyz", "md5:" + "0" * 32, "sha256:" + "A" * 64, "../../etc/passwd", ""):
+            for op in (cs.info, cs.exists, cs.open, cs.read):
+                with pytest.raises(errors.InvalidArgument):
+                    op(bad)
             with pytest.raises(errors.InvalidArgument):
-                cs.info(bad)
+                cs.writer("invalid-1", expected=bad or "sha256:")
         with pytest.raises(errors.InvalidArgument):
             cs.writer("")
-        with pytest.raises(errors.InvalidArgument):
-            cs.ingest(b"x", labels={"k": "v" * 5000})
+        if self.supports_labels:
+            with pytest.raises(errors.InvalidArgument):
+                cs.ingest(b"x", labels={"k": "v" * 5000})
 
 
 class IsolatedContentSuite:
