@@ -6,6 +6,7 @@ run ``python -m ocistore.cli`` as a subprocess to see exit codes and stderr as a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -516,3 +517,38 @@ def test_messages_name_the_problem_not_the_library(tmp_path: Path) -> None:
         res = run(root, "images", "ls")
         assert res.code == 1 and f"{afile} is not a directory" in res.stderr
         assert "File exists" not in res.stderr
+
+
+def test_lazy_unpack_shows_progress_on_a_terminal(tmp_path: Path) -> None:
+    """``containers create`` of a fetched-only image draws unpack progress on a terminal only."""
+    import pty
+
+    from ocistore.testing.layout import write_layout
+
+    layout = tmp_path / "layout"
+    write_layout(layout, {"example.com/lazy:1": [{"a.txt": "a" * 4096}, {"b.txt": "b"}]})
+    root = tmp_path / "root"
+    ok(run(root, "images", "import", "--fetch-only", str(layout)))
+    # off a terminal: stdout is the id alone (scripts read it)
+    assert ok(run(root, "containers", "create", "plain", "example.com/lazy:1")).out == "plain\n"
+    ok(run(root, "containers", "rm", "plain"))
+    ok(run(root, "images", "rm", "example.com/lazy:1"))
+    ok(run(root, "gc"))
+    ok(run(root, "images", "import", "--fetch-only", str(layout)))
+
+    primary, secondary = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCISTORE_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ocistore.cli", "--root", str(root), "containers", "create", "tty",
+         "example.com/lazy:1"], stdout=secondary, stderr=subprocess.PIPE, env=env, timeout=120, check=False,
+    )
+    os.close(secondary)
+    chunks = []
+    with contextlib.suppress(OSError):
+        while chunk := os.read(primary, 65536):
+            chunks.append(chunk)
+    os.close(primary)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, proc.stderr
+    assert "layer-sha256:" in shown and "extracted" in shown, shown
+    assert shown.rstrip().endswith("tty")

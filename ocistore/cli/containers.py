@@ -50,8 +50,10 @@ def _container_json(c: object) -> dict[str, object]:
 def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
     """``containers create ID IMAGE``: unpacks the image first if it was only fetched."""
     labels = parse_labels(args.label, allow_empty=False)
-    container = ctx.store.containers.create(args.id, args.image, snapshotter=args.snapshotter,
-                                            labels=labels or None, platform=args.platform)
+    with pull.progress_of(ctx, terminal_only=True) as progress:  # a lazy unpack takes seconds
+        container = ctx.store.containers.create(args.id, args.image, snapshotter=args.snapshotter,
+                                                labels=labels or None, platform=args.platform,
+                                                progress=progress)
     if ctx.json:
         print_json(ctx.stdout, _container_json(container))
     else:

@@ -67,6 +67,11 @@ class ProgressPrinter:
         self._last_draw = 0.0
         self._lock = threading.Lock()
 
+    @property
+    def tty(self) -> bool:
+        """Whether this printer redraws in place on a terminal."""
+        return self._tty
+
     def __call__(self, event: ProgressEvent) -> None:
         """Record one event and show it."""
         with self._lock:

@@ -50,9 +50,15 @@ def size_arg(text: str) -> int:
 
 
 @contextmanager
-def progress_of(ctx: Context) -> Iterator[ProgressPrinter | None]:
-    """A progress printer for one operation, closed (final frame drawn) afterwards."""
+def progress_of(ctx: Context, terminal_only: bool = False) -> Iterator[ProgressPrinter | None]:
+    """A progress printer for one operation, closed (final frame drawn) afterwards.
+
+    ``terminal_only`` shows progress on a terminal and nothing otherwise (for verbs whose
+    stdout scripts read, such as ``containers create``).
+    """
     printer = ctx.progress()
+    if terminal_only and printer is not None and not printer.tty:
+        printer = None
     try:
         yield printer
     finally:

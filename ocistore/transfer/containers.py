@@ -9,7 +9,7 @@ find the chain committed when they get it).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 
@@ -19,6 +19,7 @@ from ocistore.metadata.containers import ContainerRecord, ContainerRecords, vali
 from ocistore.oci.platform import PlatformArg
 from ocistore.snapshots.types import Mount
 from ocistore.transfer.context import OperationContext, SnapshotterLookup
+from ocistore.transfer.progress import Progress, ProgressEvent
 from ocistore.transfer.unpack import unpack_parts
 
 __all__ = ["Container", "Containers"]
@@ -62,11 +63,13 @@ class Containers:
     def create(
         self, id: str, image: str, snapshotter: str = "overlayfs",
         labels: Mapping[str, str] | None = None, platform: PlatformArg = None,
+        progress: Callable[[ProgressEvent], None] | None = None,
     ) -> Container:
         """Create container ``id`` with a writable snapshot of ``image`` (unpacking it if needed).
 
         ``image`` is the stored name or any reference that normalises to it. AlreadyExists
-        if the container exists; NotFound if the image does not.
+        if the container exists; NotFound if the image does not. ``progress`` receives the
+        events of a lazy unpack, as for pull.
         """
         ctx = self._ctx
         validate_id(id)
@@ -83,7 +86,8 @@ class Containers:
             sn.prepare(id, parts.chain_id)
         except errors.NotFound:
             with ctx.lease():
-                unpack_parts(ctx, parts, image_ref=img.name, snapshotter=snapshotter)
+                unpack_parts(ctx, parts, image_ref=img.name, snapshotter=snapshotter,
+                             progress=Progress(progress))
                 sn.prepare(id, parts.chain_id)
         try:
             rec = self._records.create(ContainerRecord(
