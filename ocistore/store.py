@@ -31,6 +31,7 @@ from ocistore.transfer.containers import Containers
 from ocistore.transfer.context import OperationContext
 from ocistore.transfer.exports import export_archive
 from ocistore.transfer.imports import import_archive
+from ocistore.transfer.inspect import ImageInspection, inspect_image
 from ocistore.transfer.progress import ProgressEvent
 from ocistore.transfer.unpack import is_unpacked, unpack_image
 from ocistore.transfer.usage import DiskUsage, disk_usage
@@ -197,6 +198,10 @@ class Store:
     def is_unpacked(self, name: str, snapshotter: str = "overlayfs", platform: PlatformArg = None) -> bool:
         """Whether the image's top chain ID is committed in ``snapshotter``."""
         return is_unpacked(self._ops, name, snapshotter=snapshotter, platform=platform)
+
+    def inspect(self, name: str, platform: PlatformArg = None) -> ImageInspection:
+        """Manifest, config, diff and chain IDs, sizes, unpack state and blob presence of an image."""
+        return inspect_image(self._ops, name, platform)
 
     def image_size(self, name: str, platform: PlatformArg = None) -> int:
         """Compressed bytes of every blob reachable for the selected platform (index included)."""

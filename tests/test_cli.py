@@ -552,3 +552,35 @@ def test_lazy_unpack_shows_progress_on_a_terminal(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "layer-sha256:" in shown and "extracted" in shown, shown
     assert shown.rstrip().endswith("tty")
+
+
+def test_images_inspect(tmp_path: Path) -> None:
+    """``images inspect`` / ``store.inspect``: chain IDs, sizes, unpack state and blob presence."""
+    from ocistore import Store
+    from ocistore.oci.identity import chain_ids
+    from ocistore.testing.layout import write_layout
+
+    layout = tmp_path / "layout"
+    write_layout(layout, {"example.com/insp:1": [{"a.txt": "a" * 8192}, {"b.txt": "b"}]})
+    root = tmp_path / "root"
+    ok(run(root, "images", "import", "--fetch-only", str(layout)))
+    [before] = ok(run(root, "images", "inspect", "--json", "example.com/insp:1")).json()
+    assert before["chain_ids"] == chain_ids(before["diff_ids"]) and before["chain_id"] == before["chain_ids"][-1]
+    assert [b["kind"] for b in before["blobs"]] == ["manifest", "config", "layer", "layer"]
+    assert all(b["present"] for b in before["blobs"])
+    assert before["compressed_size"] == sum(b["size"] for b in before["blobs"])
+    assert {u["snapshotter"]: u["unpacked"] for u in before["unpacked"]} == {"native": False, "overlayfs": False}
+
+    ok(run(root, "images", "unpack", "--snapshotter", "native", "example.com/insp:1"))
+    with Store(root) as store:
+        info = store.inspect("example.com/insp:1")
+        layer = info.blobs[2].digest
+        store.content.delete(layer)  # as pull --discard-layers leaves it
+    [after] = ok(run(root, "images", "inspect", "--json", "example.com/insp:1")).json()
+    native = next(u for u in after["unpacked"] if u["snapshotter"] == "native")
+    assert native["unpacked"] and native["committed_layers"] == 2 and native["size"] > 8192
+    assert [b["present"] for b in after["blobs"]] == [True, True, False, True]
+    text = ok(run(root, "images", "inspect", "example.com/insp:1")).out
+    assert "blobs present:" in text and "3/4" in text and f"layer    {layer}" in text
+    missing = run(root, "images", "inspect", "example.com/nope:1")
+    assert missing.code == 1 and "nope" in missing.stderr

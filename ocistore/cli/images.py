@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from ocistore import errors
-from ocistore.cli import pull
+from ocistore.cli import inspect, pull
 from ocistore.cli.args import add_json_flag, for_each
 from ocistore.cli.context import Context
 from ocistore.cli.describe import image_json, image_size
@@ -109,6 +109,8 @@ def _register_inspection(verbs: argparse._SubParsersAction[argparse.ArgumentPars
     pull.add_platform_argument(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_check)
+
+    inspect.register(verbs)
 
 
 # -- records ---------------------------------------------------------------------------------------------
