@@ -14,7 +14,7 @@ from typing import Any
 from ocistore import errors
 from ocistore._files import remove_tree
 from ocistore.content.local import LocalStore
-from ocistore.images.image import image_size
+from ocistore.images.image import image_parts, image_size
 from ocistore.layout import RootLayout
 from ocistore.metadata.containers import ContainerRecords
 from ocistore.metadata.content import NamespacedContent
@@ -29,6 +29,7 @@ from ocistore.transfer import pull as _pull
 from ocistore.transfer.check import CheckReport, check
 from ocistore.transfer.containers import Containers
 from ocistore.transfer.context import OperationContext
+from ocistore.transfer.evict import remove_unpacked
 from ocistore.transfer.exports import export_archive
 from ocistore.transfer.imports import import_archive
 from ocistore.transfer.inspect import ImageInspection, inspect_image
@@ -189,11 +190,26 @@ class Store:
                               registry=self._registry(options), **_rest(options))
 
     def unpack(self, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
-               progress: Callable[[ProgressEvent], None] | None = None, platform: PlatformArg = None) -> str:
-        """Unpack a fetched image into ``snapshotter``; returns the top chain ID."""
+               progress: Callable[[ProgressEvent], None] | None = None, platform: PlatformArg = None,
+               remove: bool = False) -> str:
+        """Unpack a fetched image into ``snapshotter``; returns the top chain ID.
+
+        ``remove=True`` does the opposite: it removes the snapshots only this image uses and
+        keeps its blobs (see :meth:`remove_unpacked`), and still returns the top chain ID.
+        """
+        if remove:
+            self.remove_unpacked(name, snapshotter=snapshotter, platform=platform)
+            return image_parts(self.content, self.images.find(name).target, platform).chain_id
         with self._ops.lease():
             return unpack_image(self._ops, name, snapshotter=snapshotter, snapshot_labels=snapshot_labels,
                                 progress=progress, platform=platform)
+
+    def remove_unpacked(self, name: str, snapshotter: str = "overlayfs", platform: PlatformArg = None) -> list[str]:
+        """Remove the snapshots of ``name`` that nothing else uses, keeping its blobs.
+
+        The next ``containers.create`` unpacks it again lazily. Returns the chain IDs removed.
+        """
+        return remove_unpacked(self._ops, name, snapshotter=snapshotter, platform=platform)
 
     def is_unpacked(self, name: str, snapshotter: str = "overlayfs", platform: PlatformArg = None) -> bool:
         """Whether the image's top chain ID is committed in ``snapshotter``."""

@@ -51,6 +51,8 @@ def _register_remote(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
 
     p = verbs.add_parser("unpack", help="unpack a fetched image into a snapshotter; prints the top chain ID")
     p.add_argument("name", metavar="NAME")
+    p.add_argument("--rm", action="store_true",
+                   help="instead remove the snapshots only this image uses, keeping its blobs")
     pull.add_snapshotter_argument(p)
     pull.add_platform_argument(p)
     p.set_defaults(func=cmd_unpack)
@@ -172,8 +174,16 @@ def cmd_tag(ctx: Context, args: argparse.Namespace) -> int:
 
 # -- operations ------------------------------------------------------------------------------------------
 def cmd_unpack(ctx: Context, args: argparse.Namespace) -> int:
-    """``images unpack NAME``: prints the top chain ID."""
+    """``images unpack NAME``: prints the top chain ID; ``--rm`` prints the chain IDs removed."""
     name = ctx.store.images.find(args.name).name
+    if args.rm:
+        removed = ctx.store.remove_unpacked(name, snapshotter=args.snapshotter, platform=args.platform)
+        if ctx.json:
+            print_json(ctx.stdout, {"name": name, "snapshotter": args.snapshotter, "removed": removed})
+        else:
+            for chain in removed:
+                ctx.out(chain)
+        return 0
     with pull.progress_of(ctx) as progress:
         chain_id = ctx.store.unpack(name, snapshotter=args.snapshotter, progress=progress,
                                     platform=args.platform)
