@@ -584,3 +584,41 @@ def test_images_inspect(tmp_path: Path) -> None:
     assert "blobs present:" in text and "3/4" in text and f"layer    {layer}" in text
     missing = run(root, "images", "inspect", "example.com/nope:1")
     assert missing.code == 1 and "nope" in missing.stderr
+
+
+@pytest.mark.root
+def test_snapshots_and_containers_mount_and_umount(tmp_path: Path) -> None:
+    """``containers mount ID DIR`` / ``snapshots mount KEY DIR`` really mount; ``umount`` undoes it."""
+    from ocistore import mount as m
+    from ocistore.testing.layout import write_layout
+    from ocistore.testing.snapshot_suite import mount_failure_reason
+
+    reason = mount_failure_reason(tmp_path)
+    if reason:
+        pytest.skip(f"mounting failed: {reason}")
+    layout = tmp_path / "layout"
+    write_layout(layout, {"example.com/m:1": [{"etc/": None, "etc/base": "base\n"}, {"etc/app": "app\n"}]})
+    root, target = tmp_path / "root", tmp_path / "mnt"
+    target.mkdir()
+    ok(run(root, "images", "import", "--fetch-only", str(layout)))
+    ok(run(root, "containers", "create", "c1", "example.com/m:1"))
+    try:
+        assert ok(run(root, "containers", "mount", "c1", str(target))).out == f"{target}\n"
+        assert m.is_mounted(target)
+        assert (target / "etc" / "base").read_text() == "base\n" and (target / "etc" / "app").read_text() == "app\n"
+        (target / "etc" / "written").write_text("x")  # a container rootfs is writable
+    finally:
+        ok(run(root, "containers", "umount", str(target)))
+    assert not m.is_mounted(target) and not (target / "etc").exists()
+
+    top = ok(run(root, "images", "inspect", "--json", "example.com/m:1")).json()[0]["chain_id"]
+    ok(run(root, "snapshots", "view", "v1", top))
+    ok(run(root, "snapshots", "mount", "v1", str(target)))
+    try:
+        assert (target / "etc" / "app").read_text() == "app\n"
+        assert not (target / "etc" / "written").exists()  # the container's write stayed in its snapshot
+    finally:
+        ok(run(root, "snapshots", "unmount", str(target)))
+    assert not m.is_mounted(target)
+    bad = run(root, "snapshots", "mount", "v1", str(tmp_path / "nowhere"))
+    assert bad.code == 2 and "not a directory" in bad.stderr

@@ -8,7 +8,7 @@ from ocistore.cli import pull
 from ocistore.cli.args import for_each, parse_labels
 from ocistore.cli.context import Context
 from ocistore.cli.output import format_labels, print_json, print_table
-from ocistore.cli.snapshots import mount_commands
+from ocistore.cli.snapshots import cmd_umount, mount_commands, mount_on
 
 __all__ = ["register"]
 
@@ -40,6 +40,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("target", metavar="TARGET")
     p.add_argument("id", metavar="ID")
     p.set_defaults(func=cmd_mounts)
+
+    p = verbs.add_parser("mount", help="mount container ID's root filesystem on the directory TARGET (needs root)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("target", metavar="TARGET")
+    p.set_defaults(func=cmd_mount)
+
+    p = verbs.add_parser("umount", aliases=["unmount"], help="unmount what is mounted on TARGET")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--lazy", "-l", action="store_true", help="detach a mount still in use (MNT_DETACH)")
+    p.set_defaults(func=cmd_umount)
 
 
 def _container_json(c: object) -> dict[str, object]:
@@ -89,3 +99,8 @@ def cmd_mounts(ctx: Context, args: argparse.Namespace) -> int:
         for line in mount_commands(mounts, args.target):
             ctx.out(line)
     return 0
+
+
+def cmd_mount(ctx: Context, args: argparse.Namespace) -> int:
+    """``containers mount ID TARGET``: a real mount of the container's root filesystem."""
+    return mount_on(ctx, ctx.store.containers.get(args.id).mounts, args.target)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from collections.abc import Callable, Iterable
 
+from ocistore import mount
 from ocistore.cli.args import for_each, parse_labels
-from ocistore.cli.context import Context
+from ocistore.cli.context import Context, UsageError
 from ocistore.cli.output import human_size, print_json, print_table
 from ocistore.snapshots.types import Mount, SnapshotInfo, Snapshotter
 
-__all__ = ["mount_commands", "register"]
+__all__ = ["cmd_umount", "mount_commands", "mount_on", "register"]
 
 DEFAULT = "overlayfs"
 
@@ -47,10 +49,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("keys", nargs="+", metavar="KEY")
     p.set_defaults(func=cmd_rm)
 
-    p = _verb(verbs, "mounts", "print the mount command(s) that mount KEY on TARGET", aliases=["m", "mount"])
+    p = _verb(verbs, "mounts", "print the mount command(s) that mount KEY on TARGET", aliases=["m"])
     p.add_argument("target", metavar="TARGET")
     p.add_argument("key", metavar="KEY")
     p.set_defaults(func=cmd_mounts)
+
+    p = _verb(verbs, "mount", "mount the active snapshot or view KEY on the directory TARGET (needs root)")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("target", metavar="TARGET")
+    p.set_defaults(func=cmd_mount)
+
+    p = _verb(verbs, "umount", "unmount what is mounted on TARGET", aliases=["unmount"])
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--lazy", "-l", action="store_true", help="detach a mount still in use (MNT_DETACH)")
+    p.set_defaults(func=cmd_umount)
 
     p = _verb(verbs, "usage", "disk usage of snapshots (their own data): KEY SIZE INODES")
     p.add_argument("key", nargs="?", metavar="KEY", help="one snapshot (default: all)")
@@ -136,6 +148,26 @@ def cmd_rm(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_mounts(ctx: Context, args: argparse.Namespace) -> int:
     """``snapshots mounts TARGET KEY``."""
     _print_mounts(ctx, _sn(ctx, args).mounts(args.key), args.target)
+    return 0
+
+
+def mount_on(ctx: Context, mounts: list[Mount], target: str) -> int:
+    """Mount ``mounts`` on ``target`` (an existing directory) and print the target."""
+    if not os.path.isdir(target):
+        raise UsageError(f"mount target {target} is not a directory; create it first")
+    mount.mount(mounts, target)
+    ctx.out(os.path.abspath(target))
+    return 0
+
+
+def cmd_mount(ctx: Context, args: argparse.Namespace) -> int:
+    """``snapshots mount KEY TARGET``: a real mount (overlay or bind)."""
+    return mount_on(ctx, _sn(ctx, args).mounts(args.key), args.target)
+
+
+def cmd_umount(ctx: Context, args: argparse.Namespace) -> int:
+    """``snapshots umount TARGET`` (also ``containers umount``)."""
+    mount.unmount(args.target, detach=args.lazy)
     return 0
 
 
