@@ -8,19 +8,24 @@ create), import and export. See README.md and docs/.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ocistore import errors
 from ocistore.content.types import ContentInfo, IngestStatus
-from ocistore.metadata.gc import GCStats
 from ocistore.metadata.images import Image
 from ocistore.metadata.leases import Lease, Resource
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.platform import Platform
-from ocistore.snapshots.types import Kind, Mount, SnapshotInfo, Usage
 from ocistore.store import Store
-from ocistore.transfer.check import CheckReport
-from ocistore.transfer.containers import Container
-from ocistore.transfer.progress import ProgressEvent
-from ocistore.transfer.usage import DiskUsage
+
+if TYPE_CHECKING:
+    from ocistore.metadata.gc import GCStats
+    from ocistore.snapshots.types import Kind, Mount, SnapshotInfo, Usage
+    from ocistore.transfer.check import CheckReport
+    from ocistore.transfer.containers import Container
+    from ocistore.transfer.progress import ProgressEvent
+    from ocistore.transfer.usage import DiskUsage
 
 __version__ = "0.1.0"
 
@@ -44,3 +49,29 @@ __all__ = [
     "Usage",
     "errors",
 ]
+
+# Records of the layers that load on first use (see ocistore.store): resolved on first access.
+_LAZY = {
+    "CheckReport": "ocistore.transfer.check",
+    "Container": "ocistore.transfer.containers",
+    "DiskUsage": "ocistore.transfer.usage",
+    "GCStats": "ocistore.metadata.gc",
+    "Kind": "ocistore.snapshots.types",
+    "Mount": "ocistore.snapshots.types",
+    "ProgressEvent": "ocistore.transfer.progress",
+    "SnapshotInfo": "ocistore.snapshots.types",
+    "Usage": "ocistore.snapshots.types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ocistore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -9,33 +9,49 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ocistore import errors
 from ocistore._files import remove_tree
+from ocistore._lazy import lazy_module
 from ocistore.content.local import LocalStore
-from ocistore.images.image import image_parts, image_size
 from ocistore.layout import RootLayout
 from ocistore.metadata.containers import ContainerRecords
 from ocistore.metadata.content import NamespacedContent
 from ocistore.metadata.db import DB
-from ocistore.metadata.gc import GCStats, collect
 from ocistore.metadata.images import Image, ImageStore
 from ocistore.metadata.labels import validate_labels
 from ocistore.metadata.leases import Lease, LeaseManager, lease_context
 from ocistore.oci.platform import PlatformArg
-from ocistore.snapshots import Snapshotter, open_snapshotter
-from ocistore.transfer import pull as _pull
-from ocistore.transfer.check import CheckReport, check
-from ocistore.transfer.containers import Containers
 from ocistore.transfer.context import OperationContext
-from ocistore.transfer.evict import remove_unpacked
-from ocistore.transfer.exports import export_archive
-from ocistore.transfer.imports import import_archive
-from ocistore.transfer.inspect import ImageInspection, inspect_image
-from ocistore.transfer.progress import ProgressEvent
-from ocistore.transfer.unpack import is_unpacked, unpack_image
-from ocistore.transfer.usage import DiskUsage, disk_usage
+
+if TYPE_CHECKING:
+    from ocistore import images as _images
+    from ocistore import snapshots
+    from ocistore.metadata import gc
+    from ocistore.metadata.gc import GCStats
+    from ocistore.snapshots import Snapshotter
+    from ocistore.transfer import check, containers, evict, exports, imports, inspect, pull, unpack, usage
+    from ocistore.transfer.check import CheckReport
+    from ocistore.transfer.containers import Containers
+    from ocistore.transfer.inspect import ImageInspection
+    from ocistore.transfer.progress import ProgressEvent
+    from ocistore.transfer.usage import DiskUsage
+else:
+    # The operations load on first use: `import ocistore` and `Store()` stay cheap for the
+    # many short-lived processes of test tooling and the CLI (tarfile, zstd, isal, threads).
+    snapshots = lazy_module("ocistore.snapshots")
+    _images = lazy_module("ocistore.images")
+    gc = lazy_module("ocistore.metadata.gc")
+    check = lazy_module("ocistore.transfer.check")
+    containers = lazy_module("ocistore.transfer.containers")
+    evict = lazy_module("ocistore.transfer.evict")
+    exports = lazy_module("ocistore.transfer.exports")
+    imports = lazy_module("ocistore.transfer.imports")
+    inspect = lazy_module("ocistore.transfer.inspect")
+    pull = lazy_module("ocistore.transfer.pull")
+    unpack = lazy_module("ocistore.transfer.unpack")
+    usage = lazy_module("ocistore.transfer.usage")
 
 __all__ = ["Store"]
 
@@ -84,7 +100,7 @@ class Store:
             namespace=self.namespace, layout=self.layout, content=self.content, images=self.images,
             snapshotter=self.snapshots, leases=self.leases,
         )
-        self._containers = Containers(self._ops, ContainerRecords(self.db, self.namespace))
+        self._containers: Containers | None = None
         self._clean_tmp()
 
     def _clean_tmp(self, older_than: float = 24 * 3600) -> None:
@@ -136,7 +152,7 @@ class Store:
         with self._lock:
             sn = self._snapshotters.get(name)
             if sn is None:
-                sn = open_snapshotter(name, self.db, self.namespace, self.layout)
+                sn = snapshots.open_snapshotter(name, self.db, self.namespace, self.layout)
                 self._snapshotters[name] = sn
             return sn
 
@@ -157,17 +173,20 @@ class Store:
 
     def gc(self) -> GCStats:
         """Collect everything unreachable from the roots (all namespaces of the root)."""
-        return collect(self.db, self.layout)
+        return gc.collect(self.db, self.layout)
 
     def check(self, repair: bool = False) -> CheckReport:
         """Verify blobs, records and snapshot chains; ``repair`` removes orphans only."""
-        return check(self.db, self.layout, repair=repair)
+        return check.check(self.db, self.layout, repair=repair)
 
     # -- containers ---------------------------------------------------------------------------------------
     @property
     def containers(self) -> Containers:
         """The containers of this namespace (``create`` unpacks a fetched image lazily)."""
-        return self._containers
+        with self._lock:
+            if self._containers is None:
+                self._containers = containers.Containers(self._ops, ContainerRecords(self.db, self.namespace))
+            return self._containers
 
     # -- operations (ocistore.transfer) ----------------------------------------------------------------
     def _registry(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -179,14 +198,14 @@ class Store:
               progress: Callable[[ProgressEvent], None] | None = None, **options: Any) -> Image:
         """Download an image's blobs and record it; nothing is unpacked."""
         with self._ops.lease():
-            return _pull.fetch(self._ops, ref, platform=platform, strict=strict, all_platforms=all_platforms,
+            return pull.fetch(self._ops, ref, platform=platform, strict=strict, all_platforms=all_platforms,
                                progress=progress, registry=self._registry(options), **_rest(options))
 
     def pull(self, ref: str, snapshotter: str = "overlayfs", platform: PlatformArg = None,
              progress: Callable[[ProgressEvent], None] | None = None, **options: Any) -> Image:
         """Fetch and unpack (see ``unpack=`` for the size policy)."""
         with self._ops.lease():
-            return _pull.pull(self._ops, ref, snapshotter=snapshotter, platform=platform, progress=progress,
+            return pull.pull(self._ops, ref, snapshotter=snapshotter, platform=platform, progress=progress,
                               registry=self._registry(options), **_rest(options))
 
     def unpack(self, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
@@ -199,9 +218,9 @@ class Store:
         """
         if remove:
             self.remove_unpacked(name, snapshotter=snapshotter, platform=platform)
-            return image_parts(self.content, self.images.find(name).target, platform).chain_id
+            return _images.image_parts(self.content, self.images.find(name).target, platform).chain_id
         with self._ops.lease():
-            return unpack_image(self._ops, name, snapshotter=snapshotter, snapshot_labels=snapshot_labels,
+            return unpack.unpack_image(self._ops, name, snapshotter=snapshotter, snapshot_labels=snapshot_labels,
                                 progress=progress, platform=platform)
 
     def remove_unpacked(self, name: str, snapshotter: str = "overlayfs", platform: PlatformArg = None) -> list[str]:
@@ -209,37 +228,37 @@ class Store:
 
         The next ``containers.create`` unpacks it again lazily. Returns the chain IDs removed.
         """
-        return remove_unpacked(self._ops, name, snapshotter=snapshotter, platform=platform)
+        return evict.remove_unpacked(self._ops, name, snapshotter=snapshotter, platform=platform)
 
     def is_unpacked(self, name: str, snapshotter: str = "overlayfs", platform: PlatformArg = None) -> bool:
         """Whether the image's top chain ID is committed in ``snapshotter``."""
-        return is_unpacked(self._ops, name, snapshotter=snapshotter, platform=platform)
+        return unpack.is_unpacked(self._ops, name, snapshotter=snapshotter, platform=platform)
 
     def inspect(self, name: str, platform: PlatformArg = None) -> ImageInspection:
         """Manifest, config, diff and chain IDs, sizes, unpack state and blob presence of an image."""
-        return inspect_image(self._ops, name, platform)
+        return inspect.inspect_image(self._ops, name, platform)
 
     def image_size(self, name: str, platform: PlatformArg = None) -> int:
         """Compressed bytes of every blob reachable for the selected platform (index included)."""
-        return image_size(self.content, self.images.get(name).target, platform=platform)
+        return _images.image_size(self.content, self.images.get(name).target, platform=platform)
 
     def import_archive(self, path: str | os.PathLike[str], fetch_only: bool = False, platform: PlatformArg = None,
                        snapshotter: str = "overlayfs", all_platforms: bool = False,
                        progress: Callable[[ProgressEvent], None] | None = None) -> list[Image]:
         """Import an OCI layout (dir or tar) or a docker-archive; unpack unless ``fetch_only``."""
         with self._ops.lease():
-            return import_archive(self._ops, path, fetch_only=fetch_only, platform=platform,
+            return imports.import_archive(self._ops, path, fetch_only=fetch_only, platform=platform,
                                   snapshotter=snapshotter, all_platforms=all_platforms, progress=progress)
 
     def export_archive(self, path: str | os.PathLike[str], names: list[str] | str, platform: PlatformArg = None,
                        all_platforms: bool = False, format: str = "oci") -> None:
         """Write images as an OCI layout tar/dir or a docker-archive."""
-        export_archive(self.content, self.images, path, [names] if isinstance(names, str) else list(names),
+        exports.export_archive(self.content, self.images, path, [names] if isinstance(names, str) else list(names),
                        platform=platform, all_platforms=all_platforms, format=format)
 
     def disk_usage(self) -> DiskUsage:
         """Bytes allocated on disk by content, ingests, snapshots and metadata."""
-        return disk_usage(self.layout)
+        return usage.disk_usage(self.layout)
 
 
 def _create_root(layout: RootLayout) -> None:

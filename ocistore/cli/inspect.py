@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ocistore.cli import pull
 from ocistore.cli.args import for_each
 from ocistore.cli.context import Context
 from ocistore.cli.output import human_size, print_json, print_table
-from ocistore.transfer.inspect import ImageInspection
+
+if TYPE_CHECKING:
+    from ocistore.transfer.inspect import ImageInspection
 
 __all__ = ["register"]
 

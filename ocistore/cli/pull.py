@@ -13,7 +13,7 @@ from ocistore.cli.output import print_json
 from ocistore.cli.progress import ProgressPrinter
 from ocistore.cli.registry import add_registry_options, registry_options
 from ocistore.metadata.images import Image
-from ocistore.transfer.pull import DEFAULT_THRESHOLD
+from ocistore.transfer import DEFAULT_THRESHOLD
 
 __all__ = [
     "DEFAULT_UNPACK_THRESHOLD",

@@ -21,15 +21,20 @@ import os
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ocistore import _time, errors
 from ocistore._files import atomic_write, disk_full, fsync_dir, remove_tree
+from ocistore._lazy import lazy_module
 from ocistore.content.locks import RefLock
 from ocistore.content.types import ContentInfo, IngestStatus
-from ocistore.filters import label_adaptor, parse_filters
 from ocistore.layout import ContentLayout
 from ocistore.oci.digest import Hasher, algorithm_of, digest_bytes, new_hasher, validate_digest
+
+if TYPE_CHECKING:
+    from ocistore import filters as _filters
+else:
+    _filters = lazy_module("ocistore.filters")  # compiled on the first filtered listing
 
 __all__ = ["MAX_READ", "LocalStore", "LocalWriter"]
 
@@ -116,7 +121,7 @@ class LocalStore:
         ``filters`` use containerd's syntax on ``digest`` and ``labels.<key>`` (containerd
         ``Walk(fn, filters...)``); blobs here have no labels, so a label filter matches none.
         """
-        flt = parse_filters(filters)
+        flt = _filters.parse_filters(filters)
         for alg, d in self.layout.algorithms():
             if not d.is_dir():
                 continue
@@ -127,7 +132,7 @@ class LocalStore:
                     info = self.info(digest)
                 except (errors.InvalidArgument, errors.NotFound):
                     continue
-                if flt.match(label_adaptor({"digest": digest}, info.labels)):
+                if flt.match(_filters.label_adaptor({"digest": digest}, info.labels)):
                     yield info
 
     def update(

@@ -14,17 +14,22 @@ import io
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ocistore import _time, errors
+from ocistore._lazy import lazy_module
 from ocistore.content.local import LocalStore, LocalWriter
 from ocistore.content.locks import RefLock
 from ocistore.content.types import ContentInfo, IngestStatus
-from ocistore.filters import label_adaptor, parse_filters
 from ocistore.metadata.db import DB, Txn, key, prefix, split_key
 from ocistore.metadata.labels import apply_fieldpaths, validate_labels
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.digest import EMPTY_DIGEST, algorithm_of, digest_bytes, validate_digest
+
+if TYPE_CHECKING:
+    from ocistore import filters as _filters
+else:
+    _filters = lazy_module("ocistore.filters")  # compiled on the first filtered listing
 
 __all__ = ["NamespacedContent", "NamespacedWriter"]
 
@@ -105,13 +110,13 @@ class NamespacedContent:
 
         The records are read in one transaction before the first one is yielded.
         """
-        flt = parse_filters(filters)
+        flt = _filters.parse_filters(filters)
         with self.db.read() as txn:
             items = list(txn.scan("content", prefix(self.ns)))
         for k, rec in items:
             digest = split_key(k)[1]
             info = _info(digest, rec)
-            if flt.match(label_adaptor({"digest": digest}, info.labels)):
+            if flt.match(_filters.label_adaptor({"digest": digest}, info.labels)):
                 yield info
 
     # -- mutations --------------------------------------------------------------------------------

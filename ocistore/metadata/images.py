@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ocistore import _time, errors
-from ocistore.filters import label_adaptor, parse_filters
+from ocistore._lazy import lazy_module
 from ocistore.metadata.db import DB, key, prefix, split_key
 from ocistore.metadata.labels import apply_fieldpaths, validate_labels
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.reference import normalize_name
+
+if TYPE_CHECKING:
+    from ocistore import filters as _filters
+else:
+    _filters = lazy_module("ocistore.filters")  # compiled on the first filtered listing
 
 __all__ = ["Image", "ImageStore"]
 
@@ -99,7 +104,7 @@ class ImageStore:
     def list(self, filters: str | Sequence[str] | None = None) -> list[Image]:
         """Images of the namespace matching ``filters`` (``name``, ``target.digest``,
         ``target.mediatype``, ``labels.<k>``, ``annotations.<k>``)."""
-        flt = parse_filters(filters)
+        flt = _filters.parse_filters(filters)
         with self.db.read() as txn:
             items = list(txn.scan("images", prefix(self.ns)))
         out = []
@@ -107,7 +112,7 @@ class ImageStore:
             img = _from_record(split_key(k)[1], rec)
             fields = {"name": img.name, "target.digest": img.target.digest,
                       "target.mediatype": img.target.media_type}
-            if flt.match(label_adaptor(fields, img.labels, {"annotations": img.target.annotations})):
+            if flt.match(_filters.label_adaptor(fields, img.labels, {"annotations": img.target.annotations})):
                 out.append(img)
         return out
 

@@ -22,15 +22,22 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import attrs
 
 from ocistore import _time, errors
-from ocistore.filters import label_adaptor, parse_filters
+from ocistore._lazy import lazy_module
 from ocistore.layout import RootLayout
 from ocistore.metadata.db import DB, SEP, key, prefix
-from ocistore.metadata.gc import collect
 from ocistore.oci.digest import validate_digest
+
+if TYPE_CHECKING:
+    from ocistore import filters as _filters
+    from ocistore.metadata import gc
+else:
+    _filters = lazy_module("ocistore.filters")  # compiled on the first filtered listing
+    gc = lazy_module("ocistore.metadata.gc")  # only a synchronous delete without a store collects
 
 __all__ = [
     "LABEL_EXPIRE",
@@ -177,16 +184,16 @@ class LeaseManager:
         if self._gc is not None:
             self._gc()
             return
-        collect(self.db, RootLayout(os.path.dirname(self.db.path)))
+        gc.collect(self.db, RootLayout(os.path.dirname(self.db.path)))
 
     def list(self, filters: str | Sequence[str] | None = None) -> list[Lease]:
         """Leases of the namespace matching ``filters`` (fields ``id``, ``labels.<k>``)."""
-        flt = parse_filters(filters)
+        flt = _filters.parse_filters(filters)
         out = []
         with self.db.read() as txn:
             for k, rec in txn.scan("leases", prefix(self.ns)):
                 lease = _lease(k.decode().split(SEP, 1)[1], rec)
-                if flt.match(label_adaptor({"id": lease.id}, lease.labels)):
+                if flt.match(_filters.label_adaptor({"id": lease.id}, lease.labels)):
                     out.append(lease)
         return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -19,11 +20,13 @@ from ocistore.content.types import ContentStore
 from ocistore.layout import RootLayout
 from ocistore.metadata.images import ImageStore
 from ocistore.metadata.leases import LeaseManager, operation_lease
-from ocistore.snapshots.types import Snapshotter
+
+if TYPE_CHECKING:  # the snapshotters load when one is first opened
+    from ocistore.snapshots.types import Snapshotter
 
 __all__ = ["OperationContext", "SnapshotterLookup"]
 
-SnapshotterLookup = Callable[[str], Snapshotter]
+SnapshotterLookup = Callable[[str], "Snapshotter"]
 """``name -> Snapshotter`` of the store's namespace (NotFound for an unknown name)."""
 
 

@@ -26,6 +26,7 @@ from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.mediatypes import kind_of
 from ocistore.oci.platform import PlatformArg, PlatformMatcher, matcher_for
 from ocistore.oci.reference import parse_reference
+from ocistore.transfer import DEFAULT_THRESHOLD
 from ocistore.transfer.context import OperationContext
 from ocistore.transfer.fetch import fetch_blob, fetch_graph
 from ocistore.transfer.progress import Progress, ProgressEvent
@@ -39,7 +40,6 @@ else:
 
 __all__ = ["DEFAULT_THRESHOLD", "discard_unpacked_layers", "fetch", "pull"]
 
-DEFAULT_THRESHOLD = 150 << 20
 UNPACK_POLICIES = ("always", "never", "auto")
 
 
