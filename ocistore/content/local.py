@@ -36,12 +36,31 @@ if TYPE_CHECKING:
 else:
     _filters = lazy_module("ocistore.filters")  # compiled on the first filtered listing
 
-__all__ = ["MAX_READ", "LocalStore", "LocalWriter"]
+__all__ = ["MAX_READ", "LocalStore", "LocalWriter", "read_verified"]
 
 _CHUNK = 1 << 20
 MAX_READ = 64 << 20
 """The largest blob :meth:`LocalStore.read` returns whole (the same cap as ``Store.content.read``)."""
 _NO_LABELS = "the bare blob store keeps no labels; label blobs through Store.content"
+
+
+def read_verified(stream: BinaryIO, digest: str, size: int) -> bytes:
+    """The whole blob of ``size`` bytes from ``stream``, checked against ``digest``.
+
+    SizeLimitExceeded above :data:`MAX_READ` bytes (use a stream instead); DigestMismatch
+    when the bytes are not ``size`` long or do not hash to ``digest``.
+    """
+    if size > MAX_READ:
+        raise errors.SizeLimitExceeded(f"content {digest} has {size} bytes; read() is for small blobs, use open()")
+    data = stream.read(size + 1)
+    actual = digest_bytes(data, algorithm_of(digest))
+    if actual != digest or len(data) != size:
+        raise errors.DigestMismatch(
+            f"content {digest} is corrupt on disk (read {len(data)} bytes hashing to {actual}); "
+            "run check(repair=True) and fetch it again",
+            expected=digest, actual=actual,
+        )
+    return data
 
 
 class LocalStore:
@@ -100,20 +119,7 @@ class LocalStore:
         DigestMismatch if the bytes on disk do not hash to ``digest``.
         """
         with self.open(digest) as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > MAX_READ:
-                raise errors.SizeLimitExceeded(
-                    f"content {digest} has {size} bytes; read() is for small blobs, use open()"
-                )
-            data = f.read(size + 1)
-        actual = digest_bytes(data, algorithm_of(digest))
-        if actual != digest or len(data) != size:
-            raise errors.DigestMismatch(
-                f"content {digest} is corrupt on disk (read {len(data)} bytes hashing to {actual}); "
-                "run check(repair=True) and fetch it again",
-                expected=digest, actual=actual,
-            )
-        return data
+            return read_verified(f, digest, os.fstat(f.fileno()).st_size)
 
     def walk(self, filters: str | list[str] | None = None) -> Iterator[ContentInfo]:
         """Every blob file under a known algorithm whose name is a valid digest, matching ``filters``.

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ocistore import _time, errors
 from ocistore._lazy import lazy_module
-from ocistore.content.local import LocalStore, LocalWriter
+from ocistore.content.local import LocalStore, LocalWriter, read_verified
 from ocistore.content.locks import RefLock
 from ocistore.content.types import ContentInfo, IngestStatus
 from ocistore.metadata.db import DB, Txn, key, prefix, split_key
 from ocistore.metadata.labels import apply_fieldpaths, validate_labels
 from ocistore.oci.descriptor import Descriptor
-from ocistore.oci.digest import EMPTY_DIGEST, algorithm_of, digest_bytes, validate_digest
+from ocistore.oci.digest import EMPTY_DIGEST, validate_digest
 
 if TYPE_CHECKING:
     from ocistore import filters as _filters
@@ -36,7 +36,6 @@ __all__ = ["NamespacedContent", "NamespacedWriter"]
 INGEST_EXPIRY = timedelta(hours=24)
 SHAREABLE_LABEL = "containerd.io/namespace.shareable"
 _CHUNK = 1 << 20
-MAX_READ = 64 << 20  # content.read() is for small blobs; use open() for layers
 
 
 def _info(digest: str, rec: Mapping[str, object]) -> ContentInfo:
@@ -90,20 +89,8 @@ class NamespacedContent:
     def read(self, digest: str) -> bytes:
         """A whole (small) blob, verified against its digest."""
         info = self.info(digest)
-        if info.size > MAX_READ:
-            raise errors.SizeLimitExceeded(
-                f"content {digest} has {info.size} bytes; read() is for small blobs, use open()"
-            )
         with self.backend.open(digest) as f:
-            data = f.read(info.size + 1)
-        actual = digest_bytes(data, algorithm_of(digest))
-        if actual != digest or len(data) != info.size:
-            raise errors.DigestMismatch(
-                f"content {digest} is corrupt on disk (read {len(data)} bytes hashing to {actual}); "
-                "run check(repair=True) and fetch it again",
-                expected=digest, actual=actual,
-            )
-        return data
+            return read_verified(f, digest, info.size)
 
     def walk(self, filters: str | list[str] | None = None) -> Iterator[ContentInfo]:
         """This namespace's blobs that match ``filters`` (fieldpaths ``digest`` and ``labels.<key>``).
