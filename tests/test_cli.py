@@ -622,3 +622,36 @@ def test_snapshots_and_containers_mount_and_umount(tmp_path: Path) -> None:
     assert not m.is_mounted(target)
     bad = run(root, "snapshots", "mount", "v1", str(tmp_path / "nowhere"))
     assert bad.code == 2 and "not a directory" in bad.stderr
+
+
+def test_content_verbs_take_unique_digest_prefixes(tmp_path: Path) -> None:
+    """``content get/label/rm`` accept a unique prefix (with or without ``sha256:``), as ctr does."""
+    digests = {}
+    for n in range(40):  # enough blobs that some share their first hex character
+        data = f"blob {n}\n".encode()
+        digests[data] = ok(run(tmp_path, "content", "ingest", stdin=data)).out.strip()
+    data, digest = next(iter(digests.items()))
+    hexpart = digest.split(":", 1)[1]
+    assert ok(run(tmp_path, "content", "get", hexpart[:12])).out == data.decode()
+    assert ok(run(tmp_path, "content", "get", f"sha256:{hexpart[:8]}")).out == data.decode()
+    assert ok(run(tmp_path, "content", "label", hexpart[:10], "a=b")).out.startswith(digest)
+    from ocistore import Store
+
+    with Store(tmp_path) as store:  # ingest until two digests share their first 4 hex characters
+        seen: dict[str, str] = {d.split(":", 1)[1][:4]: d for d in digests.values()}
+        n = 0
+        while True:
+            d = store.content.ingest(f"more {n}".encode()).digest
+            n += 1
+            if d.split(":", 1)[1][:4] in seen:
+                clash = d.split(":", 1)[1][:4]
+                break
+            seen[d.split(":", 1)[1][:4]] = d
+    ambiguous = run(tmp_path, "content", "get", clash)
+    assert ambiguous.code == 1 and "ambiguous" in ambiguous.stderr and d in ambiguous.stderr
+    short = run(tmp_path, "content", "get", hexpart[:3])
+    assert short.code == 1 and "at least 4" in short.stderr
+    none = run(tmp_path, "content", "get", "ffff0000")
+    assert none.code == 1 and "no content" in none.stderr
+    ok(run(tmp_path, "content", "rm", hexpart[:12]))
+    assert digest not in ok(run(tmp_path, "content", "ls", "-q")).out

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("filters", nargs="*", metavar="FILTER", help='containerd filters, e.g. labels."k"==v')
     p.set_defaults(func=cmd_ls)
 
-    p = verbs.add_parser("get", help="write a blob to stdout")
+    p = verbs.add_parser("get", help="write a blob to stdout (DIGEST may be a unique prefix)")
     p.add_argument("digest", metavar="DIGEST")
     p.set_defaults(func=cmd_get)
 
@@ -71,7 +71,7 @@ def cmd_ls(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_get(ctx: Context, args: argparse.Namespace) -> int:
     """``content get DIGEST``: the blob's bytes on stdout."""
-    with ctx.store.content.open(args.digest) as blob:
+    with ctx.store.content.open(ctx.store.content.resolve(args.digest)) as blob:
         out = ctx.stdout_bytes
         shutil.copyfileobj(blob, out, 1 << 20)
         out.flush()
@@ -99,13 +99,15 @@ def _ingest(ctx: Context, stream: BinaryIO, expected: str | None, labels: dict[s
 
 def cmd_rm(ctx: Context, args: argparse.Namespace) -> int:
     """``content rm DIGEST...``."""
-    return for_each(ctx, args.digests, ctx.store.content.delete)
+    content = ctx.store.content
+    return for_each(ctx, args.digests, lambda d: content.delete(content.resolve(d)))
 
 
 def cmd_label(ctx: Context, args: argparse.Namespace) -> int:
     """``content label DIGEST KEY=VALUE...``: set (or with an empty value remove) labels."""
     labels = parse_labels(args.labels)
-    info = ctx.store.content.update(args.digest, labels, [f"labels.{k}" for k in labels])
+    digest = ctx.store.content.resolve(args.digest)
+    info = ctx.store.content.update(digest, labels, [f"labels.{k}" for k in labels])
     if ctx.json:
         print_json(ctx.stdout, info)
     else:

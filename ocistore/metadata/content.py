@@ -24,7 +24,7 @@ from ocistore.content.types import ContentInfo, IngestStatus
 from ocistore.metadata.db import DB, Txn, key, prefix, split_key
 from ocistore.metadata.labels import apply_fieldpaths, validate_labels
 from ocistore.oci.descriptor import Descriptor
-from ocistore.oci.digest import EMPTY_DIGEST, validate_digest
+from ocistore.oci.digest import ALGORITHMS, EMPTY_DIGEST, validate_digest
 
 if TYPE_CHECKING:
     from ocistore import filters as _filters
@@ -72,6 +72,35 @@ class NamespacedContent:
         if rec is None:
             raise errors.NotFound(f"content {digest} not found in namespace {self.ns!r}")
         return _info(digest, rec)
+
+    def resolve(self, prefix_or_digest: str) -> str:
+        """The full digest of this namespace's blob named by a digest or a unique prefix.
+
+        Accepts ``sha256:<hex>``, ``sha256:<hex prefix>`` or a bare hex prefix (at least 4
+        characters), as ctr and docker do. NotFound when nothing matches; InvalidArgument when
+        the prefix is too short, not hex, or names several blobs (they are listed).
+        """
+        text = prefix_or_digest.strip()
+        alg, sep, hexpart = text.partition(":")
+        if not sep:
+            alg, hexpart = "sha256", text
+        if alg in ALGORITHMS and len(hexpart) == ALGORITHMS[alg]:
+            return validate_digest(f"{alg}:{hexpart}")
+        if alg not in ALGORITHMS or len(hexpart) < 4 or not all(c in "0123456789abcdef" for c in hexpart):
+            raise errors.InvalidArgument(
+                f"{prefix_or_digest!r} is neither a digest nor a digest prefix (give at least 4 lowercase "
+                "hex characters, optionally after 'sha256:')"
+            )
+        with self.db.read() as txn:
+            found = [split_key(k)[1] for k in txn.keys("content", key(self.ns, f"{alg}:{hexpart}"))]
+        if not found:
+            raise errors.NotFound(f"no content in namespace {self.ns!r} has a digest starting {alg}:{hexpart}")
+        if len(found) > 1:
+            shown = ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
+            raise errors.InvalidArgument(
+                f"digest prefix {alg}:{hexpart} is ambiguous: {len(found)} blobs match ({shown}); give more characters"
+            )
+        return found[0]
 
     def exists(self, digest: str) -> bool:
         """Whether this namespace holds the blob (InvalidArgument for a malformed digest)."""
