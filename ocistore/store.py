@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ocistore.transfer.containers import Containers
     from ocistore.transfer.inspect import ImageInspection
     from ocistore.transfer.progress import ProgressEvent
-    from ocistore.transfer.usage import DiskUsage
+    from ocistore.transfer.usage import DiskUsage, ImageUsage
 else:
     # The operations load on first use: `import ocistore` and `Store()` stay cheap for the
     # many short-lived processes of test tooling and the CLI (tarfile, zstd, isal, threads).
@@ -259,6 +259,10 @@ class Store:
     def disk_usage(self) -> DiskUsage:
         """Bytes allocated on disk by content, ingests, snapshots and metadata."""
         return usage.disk_usage(self.layout)
+
+    def image_usage(self, snapshotters: list[str] | None = None) -> list[ImageUsage]:
+        """Per image: compressed bytes, unpacked bytes per snapshotter, and how much is its own."""
+        return usage.image_usage(self._ops, snapshotters or sorted(snapshots.SNAPSHOTTERS))
 
 
 def _create_root(layout: RootLayout) -> None:

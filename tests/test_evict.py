@@ -100,3 +100,29 @@ def test_cli_unpack_rm(store: Store) -> None:
     [row] = ok(run(root, "images", "check", "--snapshotter", "native", "--json", "example.com/a:1")).json()
     assert row["complete"] and row["unpacked"] is False
     assert ok(run(root, "images", "unpack", "--rm", "--snapshotter", "native", "example.com/a:1")).out == ""
+
+
+def test_image_usage_splits_own_and_shared_bytes(store: Store) -> None:
+    """``image_usage`` / ``du --images``: what each image costs and how much only it uses."""
+    rows = {r.name: r for r in store.image_usage()}
+    a, b, b2 = rows["example.com/a:1"], rows["example.com/b:1"], rows["example.com/b-again:1"]
+    a_parts = image_parts(store.content, store.images.get("example.com/a:1").target)
+    assert a.compressed == a_parts.size
+    base = a_parts.layers[0].size
+    assert a.compressed_exclusive == a.compressed - base  # the base layer is shared with b
+    assert b.compressed_exclusive == 0 and b2.compressed == b.compressed  # b and b-again are one image
+    na = next(u for u in a.unpacked if u.snapshotter == "native")
+    nb = next(u for u in b.unpacked if u.snapshotter == "native")
+    sn = store.snapshots("native")
+    chains = _chains(store, "example.com/a:1")
+    assert na.layers == 2 and na.unpacked == sum(sn.usage(c).size for c in chains)
+    assert na.exclusive == sn.usage(chains[1]).size and nb.exclusive == 0
+    assert all(u.layers == 0 for u in a.unpacked if u.snapshotter == "overlayfs")
+    root = store.root
+    store.close()
+    table = ok(run(root, "du", "--images", "--bytes")).out.splitlines()
+    assert table[0].split()[:3] == ["IMAGE", "COMPRESSED", "(OWN)"]
+    row = next(line.split() for line in table if line.startswith("example.com/a:1"))
+    assert row[1:3] == [str(a.compressed), str(a.compressed_exclusive)]
+    [first, *_] = ok(run(root, "du", "--images", "--json")).json()
+    assert set(first) == {"name", "compressed", "compressed_exclusive", "unpacked"}

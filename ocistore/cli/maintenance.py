@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("du", help="bytes on disk: content, ingests, snapshots, metadata")
     p.add_argument("--bytes", "-b", action="store_true", help="sizes in bytes")
+    p.add_argument("--images", action="store_true",
+                   help="per image: compressed and unpacked bytes, and how much of each only it uses")
     add_json_flag(p)
     p.set_defaults(func=cmd_du)
 
@@ -44,7 +46,9 @@ def cmd_gc(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_du(ctx: Context, args: argparse.Namespace) -> int:
-    """``du``: the DiskUsage fields (integers in JSON)."""
+    """``du``: the DiskUsage fields (integers in JSON); ``--images``: one row per image."""
+    if args.images:
+        return _du_images(ctx, args)
     usage = ctx.store.disk_usage()
     fields = {k: int(v) for k, v in attrs.asdict(usage).items()}
     if ctx.json:
@@ -52,6 +56,26 @@ def cmd_du(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     size: Callable[[int], str] = str if args.bytes else human_size
     print_table(ctx.stdout, ("WHAT", "SIZE"), [(k.upper(), size(v)) for k, v in fields.items()])
+    return 0
+
+
+def _du_images(ctx: Context, args: argparse.Namespace) -> int:
+    rows = ctx.store.image_usage()
+    if ctx.json:
+        print_json(ctx.stdout, rows)
+        return 0
+    size: Callable[[int], str] = str if args.bytes else human_size
+    sns = [u.snapshotter for u in rows[0].unpacked] if rows else []
+    header = ["IMAGE", "COMPRESSED", "(OWN)"]
+    for sn in sns:
+        header += [f"UNPACKED {sn.upper()}", "(OWN)"]
+    table = []
+    for r in rows:
+        cells = [r.name, size(r.compressed), size(r.compressed_exclusive)]
+        for u in r.unpacked:
+            cells += [size(u.unpacked) if u.layers else "-", size(u.exclusive) if u.layers else "-"]
+        table.append(cells)
+    print_table(ctx.stdout, header, table)
     return 0
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import attrs
 
+from ocistore import errors
 from ocistore._files import allocated_bytes
+from ocistore.images.image import image_parts
 from ocistore.layout import RootLayout
+from ocistore.snapshots.types import Kind, Snapshotter
+from ocistore.transfer.context import OperationContext
 
-__all__ = ["DiskUsage", "disk_usage"]
+__all__ = ["DiskUsage", "ImageUsage", "SnapshotterUsage", "disk_usage", "image_usage"]
 
 
 @attrs.frozen
@@ -35,3 +41,85 @@ def disk_usage(layout: RootLayout) -> DiskUsage:
     rest = allocated_bytes(layout.root, seen)  # the root dir itself, tmp/, locks
     return DiskUsage(content=content, ingest=ingest, snapshots=snapshots, metadata=metadata,
                      total=content + ingest + snapshots + metadata + rest)
+
+
+@attrs.frozen
+class SnapshotterUsage:
+    """One image's unpacked layers in one snapshotter."""
+
+    snapshotter: str
+    unpacked: int
+    """Bytes of the image's committed layer snapshots (as measured when each was committed)."""
+    exclusive: int
+    """Of those, the bytes of layers no other image of the namespace uses."""
+    layers: int
+    """How many of the image's layers are committed there."""
+
+
+@attrs.frozen
+class ImageUsage:
+    """What one image costs on disk, and how much of it is its own."""
+
+    name: str
+    compressed: int
+    """Bytes of the selected platform's blobs that are present (index, manifest, config, layers)."""
+    compressed_exclusive: int
+    """Of those, the bytes of blobs no other image of the namespace uses."""
+    unpacked: list[SnapshotterUsage]
+
+
+def image_usage(ctx: OperationContext, snapshotters: list[str]) -> list[ImageUsage]:
+    """Per image of the namespace (by name): compressed and unpacked bytes, and what is its own.
+
+    Images whose selected manifest is not present (another platform was fetched) count
+    their present blobs only. Shared blobs and layers count in full for every image using
+    them; ``exclusive`` counts each once, for the one image that uses it.
+    """
+    images = sorted(ctx.images.list(), key=lambda i: i.name)
+    blobs: dict[str, list[tuple[str, int]]] = {}
+    chains: dict[str, list[str]] = {}
+    for img in images:
+        try:
+            parts = image_parts(ctx.content, img.target)
+        except errors.Error:
+            present = [(img.target.digest, img.target.size)] if ctx.content.exists(img.target.digest) else []
+            blobs[img.name], chains[img.name] = present, []
+            continue
+        blobs[img.name] = [(d.digest, d.size) for d in parts.blobs if ctx.content.exists(d.digest)]
+        chains[img.name] = parts.chain_ids
+    blob_users = Counter(d for name in blobs for d in {digest for digest, _ in blobs[name]})
+    chain_users = Counter(c for name in chains for c in set(chains[name]))
+    sizes: dict[tuple[str, str], int | None] = {}
+    out = []
+    for img in images:
+        own = blobs[img.name]
+        per_sn = []
+        for sn_name in snapshotters:
+            sn = ctx.snapshotter(sn_name)
+            total = exclusive = layers = 0
+            for chain in chains[img.name]:
+                if (sn_name, chain) not in sizes:
+                    sizes[sn_name, chain] = _committed_size(sn, chain)
+                size = sizes[sn_name, chain]
+                if size is None:
+                    break  # unpacked from the bottom up: nothing above a gap is this image's
+                layers += 1
+                total += size
+                exclusive += size if chain_users[chain] == 1 else 0
+            per_sn.append(SnapshotterUsage(sn_name, unpacked=total, exclusive=exclusive, layers=layers))
+        out.append(ImageUsage(
+            name=img.name,
+            compressed=sum(size for _, size in own),
+            compressed_exclusive=sum(size for digest, size in own if blob_users[digest] == 1),
+            unpacked=per_sn,
+        ))
+    return out
+
+
+def _committed_size(sn: Snapshotter, chain: str) -> int | None:
+    try:
+        if sn.stat(chain).kind is not Kind.COMMITTED:
+            return None
+        return sn.usage(chain).size
+    except errors.NotFound:
+        return None
