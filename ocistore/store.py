@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ocistore import errors
@@ -78,19 +79,33 @@ class Store:
 
     def __init__(
         self, root: str | os.PathLike[str], namespace: str = "default", *, content_sharing: str = "shared",
-        **registry: Any,
+        readonly: bool | None = None, **registry: Any,
     ) -> None:
+        """Open (creating it if needed) the store at ``root``, seen through ``namespace``.
+
+        ``readonly=True`` opens an existing root for reading only (listing, ``du``, ``check``
+        without repair, reading blobs and snapshots); anything that writes raises
+        FailedPrecondition. The default (None) opens read-only by itself when the root exists
+        but cannot be written (read-only media, no permission).
+        """
         unknown = set(registry) - set(REGISTRY_OPTIONS)
         if unknown:
             raise TypeError(f"unknown Store option(s): {', '.join(sorted(unknown))}")
         self.namespace = validate_namespace(namespace)
         self.layout = RootLayout(root)
         self.root = self.layout.root
-        _create_root(self.layout)
+        if readonly is None:
+            readonly = self.root.is_dir() and self.layout.metadata.is_dir() and not _writable(self.root)
+        self.readonly = readonly
+        if readonly:
+            if not self.layout.metadata.is_dir():
+                raise errors.NotFound(f"store root {self.root} has no metadata database; is it an ocistore root?")
+        else:
+            _create_root(self.layout)
         self.registry_options: dict[str, Any] = dict(registry)
-        self.db = DB.open(str(self.layout.metadata))
+        self.db = DB.open(str(self.layout.metadata), readonly=readonly)
         self._closed = False
-        self._backend = LocalStore(self.layout.content)
+        self._backend = LocalStore(self.layout.content, create=not readonly)
         self.content_sharing = content_sharing
         self.content = NamespacedContent(self.db, self.namespace, self._backend, content_sharing)
         self.images = ImageStore(self.db, self.namespace, gc=self.gc)
@@ -101,7 +116,8 @@ class Store:
             snapshotter=self.snapshots, leases=self.leases,
         )
         self._containers: Containers | None = None
-        self._clean_tmp()
+        if not readonly:
+            self._clean_tmp()
 
     def _clean_tmp(self, older_than: float = 24 * 3600) -> None:
         cutoff = time.time() - older_than
@@ -117,7 +133,8 @@ class Store:
     # -- lifecycle --------------------------------------------------------------------------------
     def with_namespace(self, namespace: str) -> Store:
         """A view of the same root in another namespace (close it too)."""
-        return Store(self.root, namespace, content_sharing=self.content_sharing, **self.registry_options)
+        return Store(self.root, namespace, content_sharing=self.content_sharing, readonly=self.readonly,
+                     **self.registry_options)
 
     def close(self) -> None:
         """Release the snapshotters and this view's hold on the shared LMDB environment."""
@@ -263,6 +280,11 @@ class Store:
     def image_usage(self, snapshotters: list[str] | None = None) -> list[ImageUsage]:
         """Per image: compressed bytes, unpacked bytes per snapshotter, and how much is its own."""
         return usage.image_usage(self._ops, snapshotters or sorted(snapshots.SNAPSHOTTERS))
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may create files in ``path`` (False on read-only mounts, even for root)."""
+    return os.access(path, os.W_OK | os.X_OK)
 
 
 def _create_root(layout: RootLayout) -> None:

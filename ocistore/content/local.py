@@ -66,13 +66,14 @@ def read_verified(stream: BinaryIO, digest: str, size: int) -> bytes:
 class LocalStore:
     """Blobs and ingests under one directory."""
 
-    def __init__(self, root: str | os.PathLike[str] | ContentLayout) -> None:
-        """Open (creating if needed) the blob store in ``root`` (a directory or its layout)."""
+    def __init__(self, root: str | os.PathLike[str] | ContentLayout, create: bool = True) -> None:
+        """Open the blob store in ``root`` (a directory or its layout), creating it unless ``create=False``."""
         self.layout = root if isinstance(root, ContentLayout) else ContentLayout(Path(root))
         self.root = self.layout.root
         self.blobs_dir = self.layout.blobs
         self.ingest_dir = self.layout.ingest
-        self.layout.create()
+        if create:
+            self.layout.create()
 
     # -- paths -----------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:

@@ -196,6 +196,7 @@ class NamespacedContent:
         """
         if not ref:
             raise errors.InvalidArgument("ref must not be empty")
+        self.db.check_writable(f"writing ingest {ref!r}")
         if expected:
             validate_digest(expected)
         total = total or 0

@@ -25,6 +25,7 @@ instance (LMDB forbids opening one environment twice in a process).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import threading
@@ -145,26 +146,63 @@ class DB:
     _registry: ClassVar[dict[str, DB]] = {}
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
+    def __init__(self, path: str, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
+        self._base: DB | None = None
+        if readonly:
+            self.env = self._open_readonly(path)
+        else:
+            os.makedirs(path, exist_ok=True)
+            try:
+                self.env = lmdb.open(
+                    path, map_size=_MAP_SIZE, max_dbs=len(TABLES) + 4, max_readers=1024,
+                    subdir=True, lock=True, readahead=False, meminit=False,
+                )
+            except lmdb.Error as e:
+                raise errors.Unavailable(f"cannot open metadata database {path}: {e}") from e
         try:
-            self.env = lmdb.open(
-                path, map_size=_MAP_SIZE, max_dbs=len(TABLES) + 4, max_readers=1024,
-                subdir=True, lock=True, readahead=False, meminit=False,
-            )
+            self.handles = {name: self.env.open_db(name.encode(), create=not readonly) for name in TABLES}
         except lmdb.Error as e:
-            raise errors.Unavailable(f"cannot open metadata database {path}: {e}") from e
-        self.handles = {name: self.env.open_db(name.encode()) for name in TABLES}
+            self.env.close()
+            raise errors.FailedPrecondition(
+                f"metadata database {path} lacks ocistore's tables ({e}); open the store read-write once"
+            ) from e
         self.pid = os.getpid()
         self._refs = 0
         self._local = threading.local()
         self.dirty = 0  # deletions since the last gc (mutations that may free data)
-        self._migrate()
+        if readonly:
+            self._check_version()
+        else:
+            self._migrate()
+
+    @staticmethod
+    def _open_readonly(path: str) -> lmdb.Environment:
+        """Open for reading: with LMDB's reader lock where the lock file is writable (others may
+        write meanwhile), without it on read-only media (nobody can write there)."""
+        if not os.path.isdir(path):
+            raise errors.NotFound(f"metadata database {path} does not exist; is this an ocistore root?")
+        error: lmdb.Error | None = None
+        for lock in (True, False):
+            try:
+                return lmdb.open(path, map_size=_MAP_SIZE, max_dbs=len(TABLES) + 4, max_readers=1024,
+                                 subdir=True, readonly=True, lock=lock, readahead=False)
+            except lmdb.Error as e:
+                error = e
+        raise errors.Unavailable(f"cannot open metadata database {path} read-only: {error}") from error
+
+    def check_writable(self, what: str) -> None:
+        """FailedPrecondition naming ``what`` when this database is open read-only."""
+        if self.readonly:
+            raise errors.FailedPrecondition(
+                f"{what}: the store at {os.path.dirname(self.path)} is open read-only "
+                "(opened with readonly=True, or its directory is not writable); open it read-write to change it"
+            )
 
     # -- sharing -----------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str) -> DB:
+    def open(cls, path: str, readonly: bool = False) -> DB:
         """The shared instance for the database directory ``path``; pair each call with :meth:`release`.
 
         Instances are keyed by real path and reference-counted; a forked child gets a
@@ -181,9 +219,20 @@ class DB:
                     db.env.close()
                 db = None
             if db is None or db._refs <= 0:
-                db = cls(real)
+                db = cls(real, readonly=readonly)
                 cls._registry[real] = db
+            elif db.readonly and not readonly:
+                raise errors.FailedPrecondition(
+                    f"metadata database {real} is open read-only in this process; close those stores "
+                    "before opening it read-write"
+                )
             db._refs += 1
+            if readonly and not db.readonly:
+                # LMDB allows one environment per file and process: share it, refusing writes
+                view = copy.copy(db)
+                view.readonly = True
+                view._base = db
+                return view
             return db
 
     def release(self) -> None:
@@ -191,6 +240,9 @@ class DB:
 
         A no-op on an instance inherited through ``fork()``.
         """
+        if self._base is not None:
+            self._base.release()  # a read-only view of a read-write environment
+            return
         if self.pid != os.getpid():
             return  # inherited through fork(): belongs to the parent
         with self._registry_lock:
@@ -209,7 +261,11 @@ class DB:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Txn]:
-        """A write transaction; committed when the block ends without an exception."""
+        """A write transaction; committed when the block ends without an exception.
+
+        FailedPrecondition on a database open read-only.
+        """
+        self.check_writable("writing metadata")
         raw = self.env.begin(write=True)
         txn = Txn(self, raw, write=True)
         try:
@@ -228,6 +284,15 @@ class DB:
             fn()
 
     # -- schema -----------------------------------------------------------------------------
+    def _check_version(self) -> None:
+        with self.read() as txn:
+            version = txn.get("meta", b"version") or 0
+        if version != SCHEMA_VERSION:
+            raise errors.FailedPrecondition(
+                f"metadata database {self.path} has schema version {version}, this ocistore {SCHEMA_VERSION}: "
+                + ("upgrade ocistore" if version > SCHEMA_VERSION else "open it read-write once to migrate it")
+            )
+
     def _migrate(self) -> None:
         with self.write() as txn:
             version = txn.get("meta", b"version") or 0

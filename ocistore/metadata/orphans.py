@@ -256,6 +256,9 @@ def _empty_trash(trash: list[Path], out: Removed) -> None:
 
 def list_orphans(db: DB, root: RootLayout | str | os.PathLike[str], now: float | None = None) -> list[Orphan]:
     """:func:`find_orphans` while holding a write transaction (so no committer is mid-publish)."""
+    if db.readonly:  # nobody writes through a read-only store; a read transaction pins the records
+        with db.read() as txn:
+            return find_orphans(txn, root, now)
     found: list[Orphan] = []
     with contextlib.suppress(_Rollback), db.write() as txn:
         found = find_orphans(txn, root, now)

@@ -143,7 +143,8 @@ class SnapshotterBase:
         self.layout = root if isinstance(root, RootLayout) else RootLayout(root)
         self.root = self.layout.root
         self.dir = self.layout.snapshotter_dir(self.name)
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not db.readonly:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._closed = False
 
     # -- subclass hooks ---------------------------------------------------------------------
@@ -254,6 +255,7 @@ class SnapshotterBase:
 
     def _create(self, kind: Kind, k: str, parent: str, labels: Mapping[str, str] | None) -> list[Mount]:
         self._check_open()
+        self.db.check_writable(f"creating {self._what(k)}")
         _check_name(k, "key")
         wanted = validate_labels(labels, self._what(k))
         with self.db.read() as txn:
