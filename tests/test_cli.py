@@ -468,3 +468,15 @@ def test_fetch_and_pull_from_registry(tmp_path: Path, registry_plain: Any, regis
     got = ok(run(root, "content", "fetch", "--plain-http", "--user", user, basic,
                  stdin=f"{registry_basic.password}\n".encode()))
     assert got.out.splitlines()[-1].split()[0] == basic
+
+
+# -- platform selection and hints in CLI words ---------------------------------------------------------------
+def test_platform_mismatch_names_the_cli_flags(tmp_path: Path, corpus_dir: Path) -> None:
+    root = tmp_path / "root"
+    layout = _layout(corpus_dir, tmp_path / "layout", ["multi:index"])
+    r = run(root, "images", "import", "--fetch-only", "--platform", "linux/s390x", str(layout))
+    assert r.code == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "linux/s390x" in r.stderr and "linux/arm64/v8, linux/386, linux/amd64" in r.stderr
+    assert "--platform" in r.stderr and "--all-platforms" in r.stderr
+    assert "all_platforms" not in r.stderr and "platform=" not in r.stderr
+    assert ok(run(root, "images", "ls", "-q")).out == ""  # nothing recorded

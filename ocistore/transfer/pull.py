@@ -49,7 +49,7 @@ def _client(registry: Mapping[str, Any]) -> remotes.RegistryClient:
 
 def _fetch(
     ctx: OperationContext, ref: str, matcher: PlatformMatcher | None, limit: int, prog: Progress,
-    registry: Mapping[str, Any], fetch_layers: bool = True,
+    registry: Mapping[str, Any], fetch_layers: bool = True, platform: PlatformArg = None, strict: bool = True,
 ) -> tuple[str, Descriptor, remotes.RegistryClient, RegistrySource]:
     """Resolve and fetch the graph; returns (name, target, open client, source)."""
     parsed = parse_reference(ref)
@@ -60,7 +60,8 @@ def _fetch(
         prog.emit(name, desc.digest, kind_of(desc.media_type), "resolved", 0, desc.size)
         source = RegistrySource(client, name, (parsed.domain, parsed.repository))
         fetch_graph(ctx.content, source, desc, matcher, limit=limit, progress=prog,
-                    max_concurrent=client.options.max_concurrent_downloads, fetch_layers=fetch_layers)
+                    max_concurrent=client.options.max_concurrent_downloads, fetch_layers=fetch_layers,
+                    platform=platform, strict=strict, name=name, offer_all=limit == 0)
         return name, Descriptor(desc.media_type, desc.digest, desc.size), client, source
     except BaseException:
         client.close()
@@ -74,7 +75,8 @@ def fetch(
 ) -> Image:
     """Download an image for ``platform`` (default: the host, strict) or all platforms."""
     matcher = None if all_platforms else matcher_for(platform, strict=strict)
-    name, target, client, _source = _fetch(ctx, ref, matcher, 0, Progress(progress), registry or {})
+    name, target, client, _source = _fetch(ctx, ref, matcher, 0, Progress(progress), registry or {},
+                                           platform=platform, strict=strict)
     client.close()
     return ctx.images.upsert(name, target)
 
@@ -97,9 +99,9 @@ def pull(
     prog = Progress(progress)
     matcher = matcher_for(platform, strict=strict)
     name, target, client, source = _fetch(ctx, ref, matcher, 1, prog, registry or {},
-                                          fetch_layers=unpack != "always")
+                                          fetch_layers=unpack != "always", platform=platform, strict=strict)
     try:
-        parts = image_parts(ctx.content, target, platform, strict=strict)
+        parts = image_parts(ctx.content, target, platform, strict=strict, image=name)
         if unpack == "never" or (unpack == "auto" and parts.size >= threshold):
             return ctx.images.upsert(name, target)
         _unpack_streaming(ctx, parts, name, snapshotter, snapshot_labels, prog, source,
