@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -11,7 +10,6 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from ocistore import errors
 from ocistore._files import remove_tree
 from ocistore.content.local import LocalStore
 from ocistore.images.image import image_size
@@ -21,8 +19,8 @@ from ocistore.metadata.content import NamespacedContent
 from ocistore.metadata.db import DB
 from ocistore.metadata.gc import GCStats, collect
 from ocistore.metadata.images import Image, ImageStore
-from ocistore.metadata.labels import validate_labels
 from ocistore.metadata.leases import Lease, LeaseManager, lease_context
+from ocistore.metadata.namespaces import Namespaces, validate_namespace
 from ocistore.oci.platform import PlatformArg
 from ocistore.snapshots import Snapshotter, open_snapshotter
 from ocistore.transfer import pull as _pull
@@ -35,20 +33,9 @@ from ocistore.transfer.progress import ProgressEvent
 from ocistore.transfer.unpack import is_unpacked, unpack_image
 from ocistore.transfer.usage import DiskUsage, disk_usage
 
-__all__ = ["Store"]
+__all__ = ["Store", "validate_namespace"]
 
-_NS_RE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
 REGISTRY_OPTIONS = ("hosts_dir", "credentials", "plain_http", "skip_verify", "ca_file")
-
-
-def validate_namespace(ns: str) -> str:
-    """``ns`` if it is a valid namespace name (containerd's rules), else InvalidArgument."""
-    if not isinstance(ns, str) or not ns or len(ns) > 76 or not _NS_RE.fullmatch(ns) or ns == "version":
-        raise errors.InvalidArgument(
-            f"invalid namespace {ns!r}: use letters, digits and single '.', '_' or '-' between them "
-            "(at most 76 characters)"
-        )
-    return ns
 
 
 class Store:
@@ -120,13 +107,18 @@ class Store:
         return f"Store({str(self.root)!r}, namespace={self.namespace!r})"
 
     @property
+    def namespaces(self) -> Namespaces:
+        """Every namespace of the root: ``list()``, ``labels(name)``, ``delete(name)`` (empty only), ..."""
+        return Namespaces(self.db)
+
+    @property
     def labels(self) -> dict[str, str]:
         """This namespace's labels (``containerd.io/namespace.shareable=true`` shares its content)."""
-        return self.db.namespace_labels(self.namespace)
+        return self.namespaces.labels(self.namespace)
 
     def set_labels(self, labels: Mapping[str, str]) -> None:
         """Replace this namespace's labels."""
-        self.db.set_namespace_labels(self.namespace, validate_labels(labels, f"namespace {self.namespace}: "))
+        self.namespaces.set_labels(self.namespace, labels)
 
     # -- snapshots ------------------------------------------------------------------------------------
     def snapshots(self, name: str = "overlayfs") -> Snapshotter:

@@ -480,3 +480,27 @@ def test_platform_mismatch_names_the_cli_flags(tmp_path: Path, corpus_dir: Path)
     assert "--platform" in r.stderr and "--all-platforms" in r.stderr
     assert "all_platforms" not in r.stderr and "platform=" not in r.stderr
     assert ok(run(root, "images", "ls", "-q")).out == ""  # nothing recorded
+
+
+def test_namespaces_ls_create_label_rm(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"hello")
+    ok(run(root, "-n", "busy", "content", "ingest", str(blob)))
+    ok(run(root, "namespaces", "create", "team-a", "owner=me"))
+    assert run(root, "namespaces", "create", "team-a").code == 1
+    ok(run(root, "ns", "label", "team-a", "tier=gold", "owner="))
+    assert ok(run(root, "ns", "label", "team-a")).out == "tier=gold\n"
+    lines = ok(run(root, "namespaces", "ls")).out.splitlines()
+    assert lines[0].split() == ["NAME", "LABELS"]
+    assert [line.split() for line in lines[1:]] == [["busy", "-"], ["team-a", "tier=gold"]]
+    assert ok(run(root, "namespaces", "ls", "-q")).out.split() == ["busy", "team-a"]
+    assert ok(run(root, "--json", "namespaces", "ls")).json() == [
+        {"name": "busy", "labels": {}}, {"name": "team-a", "labels": {"tier": "gold"}}]
+    r = run(root, "namespaces", "rm", "busy", "team-a", "nope")
+    assert r.code == 1 and r.out.split() == ["team-a"]
+    errs = r.stderr.splitlines()
+    assert len(errs) == 2
+    assert "busy" in errs[0] and "must be empty" in errs[0] and "blobs" in errs[0]
+    assert "nope" in errs[1] and "not found" in errs[1]
+    assert ok(run(root, "namespaces", "ls", "-q")).out.split() == ["busy"]
