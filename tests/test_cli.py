@@ -504,3 +504,21 @@ def test_namespaces_ls_create_label_rm(tmp_path: Path) -> None:
     assert "busy" in errs[0] and "must be empty" in errs[0] and "blobs" in errs[0]
     assert "nope" in errs[1] and "not found" in errs[1]
     assert ok(run(root, "namespaces", "ls", "-q")).out.split() == ["busy"]
+
+
+@pytest.mark.registry
+def test_images_check_after_discarded_layers_says_unpacked(tmp_path: Path, registry_plain: Any,
+                                                           corpus: dict[str, Any]) -> None:
+    """ctr's images check: STATUS counts the blobs present, UNPACKED asks the snapshotter."""
+    root = tmp_path / "root"
+    ref = registry_plain.ref("app:layers")
+    n = 2 + len(corpus["images"]["app:layers"]["layers"])
+    ok(run(root, "images", "pull", "--plain-http", "--snapshotter", "native", "--discard-layers", ref))
+    ok(run(root, "gc"))
+    [row] = ok(run(root, "--json", "images", "check", "--snapshotter", "native", ref)).json()
+    assert row["status"] == f"incomplete (2/{n})" and not row["complete"]
+    assert row["unpacked"] is True
+    line = ok(run(root, "images", "check", "--snapshotter", "native", ref)).out.splitlines()[1]
+    assert f"incomplete (2/{n})" in line and line.endswith("true")
+    ok(run(root, "containers", "create", "--snapshotter", "native", "c1", ref))
+    assert ok(run(root, "check")).out.strip() == "ok"
