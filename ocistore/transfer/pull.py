@@ -90,9 +90,12 @@ def pull(
 ) -> Image:
     """Fetch one platform of ``ref`` and unpack it according to ``unpack``.
 
-    With ``unpack="always"`` layer downloads run ahead of the applies, and layers whose
-    chain ID is already committed in ``snapshotter`` are not downloaded (as containerd).
-    The image record is written once everything is in place.
+    With ``unpack="always"`` layer downloads run ahead of the applies. Layers whose chain ID
+    is already committed in ``snapshotter`` are not applied again, and their blobs, when
+    missing from the content store, are downloaded like a fetch does -- unless
+    ``discard_layers`` (then they are skipped, as containerd's unpacker skips them). So a
+    pull repairs a lost layer blob, and ends with every blob of the platform present unless
+    layers are discarded. The image record is written once everything is in place.
     """
     if unpack not in UNPACK_POLICIES:
         raise errors.InvalidArgument(f"unpack must be one of {', '.join(UNPACK_POLICIES)}, not {unpack!r}")
@@ -105,7 +108,7 @@ def pull(
         if unpack == "never" or (unpack == "auto" and parts.size >= threshold):
             return ctx.images.upsert(name, target)
         _unpack_streaming(ctx, parts, name, snapshotter, snapshot_labels, prog, source,
-                          client.options.max_concurrent_downloads)
+                          client.options.max_concurrent_downloads, keep_blobs=not discard_layers)
     finally:
         client.close()
     if discard_layers:
@@ -115,11 +118,18 @@ def pull(
 
 def _unpack_streaming(
     ctx: OperationContext, parts: ImageParts, name: str, snapshotter: str, snapshot_labels: bool,
-    prog: Progress, source: RegistrySource, parallel: int,
+    prog: Progress, source: RegistrySource, parallel: int, keep_blobs: bool = True,
 ) -> None:
-    """Download the layers that are needed while unpacking them as they arrive."""
+    """Download the missing layers while unpacking them as they arrive.
+
+    The layers to apply are downloaded if absent. Layers whose chain ID is already
+    committed are not applied again; their blobs are downloaded if absent unless
+    ``keep_blobs`` is false (a pull that discards layers anyway), so that a pull leaves
+    every blob of the platform in the store and a lost one comes back.
+    """
     start = first_missing_layer(ctx, parts, snapshotter)
-    needed = [d for d in parts.layers[start:] if not ctx.content.exists(d.digest)]
+    needed = [d for i, d in enumerate(parts.layers)
+              if (i >= start or keep_blobs) and not ctx.content.exists(d.digest)]
     for d in needed:
         prog.emit(f"layer-{d.digest}", d.digest, "layer", "waiting", 0, d.size)
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(needed) or 1))) as pool:
