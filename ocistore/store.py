@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -21,8 +20,8 @@ from ocistore.metadata.containers import ContainerRecords
 from ocistore.metadata.content import NamespacedContent
 from ocistore.metadata.db import DB
 from ocistore.metadata.images import Image, ImageStore
-from ocistore.metadata.labels import validate_labels
 from ocistore.metadata.leases import Lease, LeaseManager, lease_context
+from ocistore.metadata.namespaces import Namespaces, validate_namespace
 from ocistore.oci.platform import PlatformArg
 from ocistore.transfer.context import OperationContext
 
@@ -54,20 +53,9 @@ else:
     unpack = lazy_module("ocistore.transfer.unpack")
     usage = lazy_module("ocistore.transfer.usage")
 
-__all__ = ["Store"]
+__all__ = ["Store", "validate_namespace"]
 
-_NS_RE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
 REGISTRY_OPTIONS = ("hosts_dir", "credentials", "plain_http", "skip_verify", "ca_file")
-
-
-def validate_namespace(ns: str) -> str:
-    """``ns`` if it is a valid namespace name (containerd's rules), else InvalidArgument."""
-    if not isinstance(ns, str) or not ns or len(ns) > 76 or not _NS_RE.fullmatch(ns) or ns == "version":
-        raise errors.InvalidArgument(
-            f"invalid namespace {ns!r}: use letters, digits and single '.', '_' or '-' between them "
-            "(at most 76 characters)"
-        )
-    return ns
 
 
 class Store:
@@ -155,13 +143,18 @@ class Store:
         return f"Store({str(self.root)!r}, namespace={self.namespace!r})"
 
     @property
+    def namespaces(self) -> Namespaces:
+        """Every namespace of the root: ``list()``, ``labels(name)``, ``delete(name)`` (empty only), ..."""
+        return Namespaces(self.db)
+
+    @property
     def labels(self) -> dict[str, str]:
         """This namespace's labels (``containerd.io/namespace.shareable=true`` shares its content)."""
-        return self.db.namespace_labels(self.namespace)
+        return self.namespaces.labels(self.namespace)
 
     def set_labels(self, labels: Mapping[str, str]) -> None:
         """Replace this namespace's labels."""
-        self.db.set_namespace_labels(self.namespace, validate_labels(labels, f"namespace {self.namespace}: "))
+        self.namespaces.set_labels(self.namespace, labels)
 
     # -- snapshots ------------------------------------------------------------------------------------
     def snapshots(self, name: str = "overlayfs") -> Snapshotter:

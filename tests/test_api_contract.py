@@ -86,6 +86,8 @@ def test_store_signatures(tmp_path: Path) -> None:
         assert _params(s.content.ingest)[:3] == ["data", "expected", "labels"]
         assert _params(s.containers.create)[:5] == ["id", "image", "snapshotter", "labels", "platform"]
         assert _params(s.leases.create)[:3] == ["id", "expire", "labels"]
+        assert _params(s.namespaces.list) == [] and _params(s.namespaces.labels) == ["name"]
+        assert _params(s.namespaces.delete)[:1] == ["name"]
         sn = s.snapshots("native")
         assert _params(sn.prepare)[:3] == ["key", "parent", "labels"]
         assert _params(sn.commit)[:3] == ["name", "key", "labels"]

@@ -126,3 +126,43 @@ def test_unparsable_manifest(store: Store) -> None:
     path.write_bytes(b"{" + b" " * (built.manifest.size - 1))
     problems = check(store.db, store.root, verify=False).problems
     assert len(problems) == 1 and "cannot be parsed" in problems[0]
+
+
+def _chain(store: Store, snapshotter: str, n: int) -> list[str]:
+    """``n`` committed layers l0 <- l1 <- ... and an active snapshot ``ctr`` on top."""
+    sn = store.snapshots(snapshotter)
+    parent = ""
+    names = []
+    for i in range(n):
+        sn.prepare(f"extract-{i}", parent)
+        (sn.path(f"extract-{i}") / f"file{i}").write_bytes(b"x" * 10)
+        sn.commit(f"l{i}", f"extract-{i}", labels={"containerd.io/gc.root": "1"})
+        parent = f"l{i}"
+        names.append(parent)
+    sn.prepare("ctr", parent)
+    return names
+
+
+@pytest.mark.parametrize("snapshotter", ["overlayfs", "native"])
+def test_lost_snapshot_directories_are_reported(store: Store, snapshotter: str) -> None:
+    import shutil
+
+    sn = store.snapshots(snapshotter)
+    names = _chain(store, snapshotter, 3)
+    assert store.check().ok, store.check().problems
+    shutil.rmtree(sn.path(names[0]))  # the fs/ of a committed layer the active snapshot stacks on
+    shutil.rmtree(sn.path(names[1]).parent)  # the whole directory of another one
+    problems = store.check().problems
+    assert any(f"{snapshotter}/{names[0]}" in p and "fs" in p and "missing" in p for p in problems), problems
+    assert any(f"{snapshotter}/{names[1]}" in p and "directory" in p and "missing" in p for p in problems)
+    assert len(problems) == 2, problems
+    stray = store.root / "snapshots" / snapshotter / "4242"
+    stray.mkdir()
+    (stray / "fs").mkdir()
+    report = store.check()
+    assert len(report.problems) == 3 and any("orphan" in p and "4242" in p for p in report.problems)
+    repaired = store.check(repair=True)
+    assert len(repaired.repaired) == 1 and "4242" in repaired.repaired[0]
+    assert not stray.exists()
+    assert len(repaired.problems) == 2  # the records' damage is reported, never touched
+    assert sn.stat(names[0]).kind.value == "committed" and sn.stat("ctr").kind.value == "active"

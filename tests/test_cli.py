@@ -655,3 +655,55 @@ def test_content_verbs_take_unique_digest_prefixes(tmp_path: Path) -> None:
     assert none.code == 1 and "no content" in none.stderr
     ok(run(tmp_path, "content", "rm", hexpart[:12]))
     assert digest not in ok(run(tmp_path, "content", "ls", "-q")).out
+# -- platform selection and hints in CLI words ---------------------------------------------------------------
+def test_platform_mismatch_names_the_cli_flags(tmp_path: Path, corpus_dir: Path) -> None:
+    root = tmp_path / "root"
+    layout = _layout(corpus_dir, tmp_path / "layout", ["multi:index"])
+    r = run(root, "images", "import", "--fetch-only", "--platform", "linux/s390x", str(layout))
+    assert r.code == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "linux/s390x" in r.stderr and "linux/arm64/v8, linux/386, linux/amd64" in r.stderr
+    assert "--platform" in r.stderr and "--all-platforms" in r.stderr
+    assert "all_platforms" not in r.stderr and "platform=" not in r.stderr
+    assert ok(run(root, "images", "ls", "-q")).out == ""  # nothing recorded
+
+
+def test_namespaces_ls_create_label_rm(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"hello")
+    ok(run(root, "-n", "busy", "content", "ingest", str(blob)))
+    ok(run(root, "namespaces", "create", "team-a", "owner=me"))
+    assert run(root, "namespaces", "create", "team-a").code == 1
+    ok(run(root, "ns", "label", "team-a", "tier=gold", "owner="))
+    assert ok(run(root, "ns", "label", "team-a")).out == "tier=gold\n"
+    lines = ok(run(root, "namespaces", "ls")).out.splitlines()
+    assert lines[0].split() == ["NAME", "LABELS"]
+    assert [line.split() for line in lines[1:]] == [["busy", "-"], ["team-a", "tier=gold"]]
+    assert ok(run(root, "namespaces", "ls", "-q")).out.split() == ["busy", "team-a"]
+    assert ok(run(root, "--json", "namespaces", "ls")).json() == [
+        {"name": "busy", "labels": {}}, {"name": "team-a", "labels": {"tier": "gold"}}]
+    r = run(root, "namespaces", "rm", "busy", "team-a", "nope")
+    assert r.code == 1 and r.out.split() == ["team-a"]
+    errs = r.stderr.splitlines()
+    assert len(errs) == 2
+    assert "busy" in errs[0] and "must be empty" in errs[0] and "blobs" in errs[0]
+    assert "nope" in errs[1] and "not found" in errs[1]
+    assert ok(run(root, "namespaces", "ls", "-q")).out.split() == ["busy"]
+
+
+@pytest.mark.registry
+def test_images_check_after_discarded_layers_says_unpacked(tmp_path: Path, registry_plain: Any,
+                                                           corpus: dict[str, Any]) -> None:
+    """ctr's images check: STATUS counts the blobs present, UNPACKED asks the snapshotter."""
+    root = tmp_path / "root"
+    ref = registry_plain.ref("app:layers")
+    n = 2 + len(corpus["images"]["app:layers"]["layers"])
+    ok(run(root, "images", "pull", "--plain-http", "--snapshotter", "native", "--discard-layers", ref))
+    ok(run(root, "gc"))
+    [row] = ok(run(root, "--json", "images", "check", "--snapshotter", "native", ref)).json()
+    assert row["status"] == f"incomplete (2/{n})" and not row["complete"]
+    assert row["unpacked"] is True
+    line = ok(run(root, "images", "check", "--snapshotter", "native", ref)).out.splitlines()[1]
+    assert f"incomplete (2/{n})" in line and line.endswith("true")
+    ok(run(root, "containers", "create", "--snapshotter", "native", "c1", ref))
+    assert ok(run(root, "check")).out.strip() == "ok"

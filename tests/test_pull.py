@@ -197,3 +197,48 @@ def test_concurrent_fetches_download_each_blob_once(tmp_path: Path, registry_pla
     assert {d: completes.get(d, 0) for d in blobs} == dict.fromkeys(blobs, 1)
     with Store(root) as s:
         assert s.check().ok
+
+
+def _lose(store: Store, digest: str) -> None:
+    """A lost blob: its file and its record are gone (the snapshots built from it stay)."""
+    store.layout.content.blob_path(digest).unlink()
+    store.content.delete(digest)
+
+
+def test_pull_and_fetch_again_bring_back_a_lost_layer_blob(store: Store, registry_plain: Any,
+                                                            corpus: dict[str, Any]) -> None:
+    ref = registry_plain.ref("app:layers")
+    layers = [layer["digest"] for layer in corpus["images"]["app:layers"]["layers"]]
+    store.pull(ref, snapshotter="native")
+    lost = layers[1]
+    _lose(store, lost)
+    assert store.is_unpacked(ref, "native")  # every chain is still committed
+    events: list[ProgressEvent] = []
+    store.pull(ref, snapshotter="native", progress=events.append)
+    assert store.content.exists(lost) and store.layout.content.blob_path(lost).is_file()
+    downloaded = {e.digest for e in events if e.status == "complete" and e.kind == "layer"}
+    assert downloaded == {lost}  # the others are present: nothing else moves
+    assert not [e for e in events if e.status == "extracting"]  # nothing is unpacked again
+    report = store.check()
+    assert report.ok, report.problems
+    _lose(store, lost)
+    store.fetch(ref)
+    assert store.content.exists(lost)
+    assert store.check().ok
+
+
+def test_pull_with_discard_layers_does_not_download_unpacked_layers(store: Store, registry_plain: Any,
+                                                                     corpus: dict[str, Any]) -> None:
+    ref = registry_plain.ref("app:layers")
+    layers = [layer["digest"] for layer in corpus["images"]["app:layers"]["layers"]]
+    store.pull(ref, snapshotter="native", discard_layers=True)
+    store.gc()
+    assert not any(store.content.exists(d) for d in layers)
+    events: list[ProgressEvent] = []
+    store.pull(ref, snapshotter="native", discard_layers=True, progress=events.append)
+    assert not [e for e in events if e.kind == "layer" and e.status in ("downloading", "complete")]
+    assert not any(store.content.exists(d) for d in layers)
+    # without discard_layers, a pull leaves every blob of the platform in the store
+    store.pull(ref, snapshotter="native")
+    assert all(store.content.exists(d) for d in layers)
+    assert store.check().ok, store.check().problems

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import BinaryIO, TextIO
@@ -10,7 +11,18 @@ from ocistore import errors
 from ocistore.cli.progress import ProgressPrinter
 from ocistore.store import Store
 
-__all__ = ["Context", "UsageError", "error_line"]
+__all__ = ["Context", "UsageError", "cli_wording", "error_line"]
+
+# API messages name the options that would help as Python keywords; the command line says
+# which flag does the same. Only whole keywords are rewritten (``all_platforms=True`` is not
+# ``platform=``).
+_API_TO_CLI = (
+    (re.compile(r"\ball_platforms=True\b"), "--all-platforms"),
+    (re.compile(r"\bstrict=False\b"), "--non-strict"),
+    (re.compile(r"\bplatform=(?=\w)"), "--platform "),
+    (re.compile(r"\bplatform="), "--platform"),
+    (re.compile(r"\bcheck\(repair=True\)"), "'ocistore check --repair'"),
+)
 
 
 class UsageError(Exception):
@@ -20,12 +32,19 @@ class UsageError(Exception):
     """
 
 
+def cli_wording(text: str) -> str:
+    """``text`` with the API keywords it suggests (``all_platforms=True``) as command-line flags."""
+    for pattern, flag in _API_TO_CLI:
+        text = pattern.sub(flag, text)
+    return text
+
+
 def error_line(err: BaseException) -> str:
-    """An error as one line of text (messages never span lines on the terminal)."""
+    """An error as one line of text (messages never span lines on the terminal), in CLI words."""
     text = " ".join(str(err).split()) or type(err).__name__
     if isinstance(err, OSError) and err.filename and err.strerror:
         text = f"{err.filename}: {err.strerror}"
-    return text
+    return cli_wording(text)
 
 
 class Context:

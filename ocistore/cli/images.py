@@ -291,8 +291,9 @@ def _check_row(ctx: Context, img: Image, args: argparse.Namespace) -> dict[str, 
     store = ctx.store
     state = completeness(store.content, img.target, args.platform)
     try:
-        unpacked = state.complete and store.is_unpacked(img.name, snapshotter=args.snapshotter,
-                                                        platform=args.platform)
+        # as ctr: whether the snapshotter holds the chain, whatever blobs are left (discarded
+        # layers are missing from the STATUS count but the image is unpacked)
+        unpacked = store.is_unpacked(img.name, snapshotter=args.snapshotter, platform=args.platform)
     except errors.Error:
         unpacked = False
     return {**attrs.asdict(state), "name": img.name, "media_type": img.target.media_type,

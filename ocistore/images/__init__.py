@@ -23,9 +23,11 @@ from ocistore.images.image import (
     Completeness,
     ImageParts,
     completeness,
+    describe_platform,
     image_parts,
     image_platforms,
     image_size,
+    platform_mismatch,
 )
 
 __all__ = [
@@ -37,11 +39,13 @@ __all__ = [
     "children",
     "children_handler",
     "completeness",
+    "describe_platform",
     "filter_manifests",
     "filter_platforms",
     "image_parts",
     "image_platforms",
     "image_size",
+    "platform_mismatch",
     "present_only",
     "walk",
 ]

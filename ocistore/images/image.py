@@ -7,6 +7,8 @@ fetches.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import attrs
 
 from ocistore import errors
@@ -16,9 +18,18 @@ from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.identity import chain_ids
 from ocistore.oci.manifest import ImageConfig, Index, Manifest, parse_config, parse_index, parse_manifest
-from ocistore.oci.platform import Platform, PlatformArg, matcher_for
+from ocistore.oci.platform import Platform, PlatformArg, PlatformMatcher, matcher_for
 
-__all__ = ["Completeness", "ImageParts", "completeness", "image_parts", "image_platforms", "image_size"]
+__all__ = [
+    "Completeness",
+    "ImageParts",
+    "completeness",
+    "describe_platform",
+    "image_parts",
+    "image_platforms",
+    "image_size",
+    "platform_mismatch",
+]
 
 
 @attrs.frozen
@@ -71,7 +82,7 @@ class ImageParts:
 
 
 def image_parts(provider: Provider, target: Descriptor, platform: PlatformArg = None,
-                strict: bool = False) -> ImageParts:
+                strict: bool = False, *, image: str = "") -> ImageParts:
     """containerd's ``images.Manifest``: the best manifest for ``platform`` under ``target``.
 
     A single manifest is returned whatever its platform. In an index, manifests whose
@@ -79,8 +90,9 @@ def image_parts(provider: Provider, target: Descriptor, platform: PlatformArg = 
     Unpack-style callers use non-strict matching by default (containerd's default
     platform matcher); pass ``strict=True`` for exact matching.
 
-    Raises NotFound when no present manifest matches, InvalidArgument for a target that
-    is neither an index nor a manifest.
+    Raises NotFound when no present manifest matches (naming ``image`` if given, the
+    platforms listed and those present), InvalidArgument for a target that is neither an
+    index nor a manifest.
     """
     matcher = matcher_for(platform, strict=strict)
     if mt.is_index(target.media_type):
@@ -92,7 +104,7 @@ def image_parts(provider: Provider, target: Descriptor, platform: PlatformArg = 
                 continue
             if mt.is_index(desc.media_type):
                 try:
-                    return image_parts(provider, desc, platform, strict)
+                    return image_parts(provider, desc, platform, strict, image=image)
                 except errors.NotFound:
                     continue
             manifest = parse_manifest(provider.read(desc.digest), desc.media_type)
@@ -100,11 +112,8 @@ def image_parts(provider: Provider, target: Descriptor, platform: PlatformArg = 
             if desc.platform is None and not matcher.match(config.platform):
                 continue
             return ImageParts(target, index, desc, manifest, config)
-        raise errors.NotFound(
-            f"no match for platform {_describe(platform)} in index {target.digest} "
-            f"(it lists {', '.join(str(d.platform) for d in index.manifests if d.platform) or 'no platforms'}"
-            " that are present locally)"
-        )
+        raise platform_mismatch(platform, strict, target.digest, index.manifests, present=provider.exists,
+                                image=image)
     if mt.is_manifest(target.media_type):
         manifest = parse_manifest(provider.read(target.digest), target.media_type)
         return ImageParts(target, None, target, manifest, _config(provider, manifest))
@@ -115,10 +124,58 @@ def _config(provider: Provider, manifest: Manifest) -> ImageConfig:
     return parse_config(provider.read(manifest.config.digest))
 
 
-def _describe(platform: PlatformArg) -> str:
+def describe_platform(platform: PlatformArg) -> str:
+    """The platform an operation asked for, as text (the host's when ``None``)."""
     if platform is None:
         return str(Platform.host())
+    if isinstance(platform, str):
+        return str(Platform.parse(platform))
     return str(platform)
+
+
+def _listed(manifests: Sequence[Descriptor]) -> list[Platform]:
+    return [d.platform for d in manifests if d.platform is not None]
+
+
+def platform_mismatch(
+    platform: PlatformArg, strict: bool, index_digest: str, manifests: Sequence[Descriptor], *,
+    present: Callable[[str], bool] | None = None, image: str = "", offer_all: bool = True,
+) -> errors.NotFound:
+    """The NotFound for an index with no (present) manifest for ``platform``.
+
+    Names the platform asked for, the platforms the index lists and, when ``present`` is
+    given (the question is about local content), which of them are present locally. The
+    hint says what would work: fetching the platform, another platform, a non-strict match
+    or all platforms.
+    """
+    wanted = describe_platform(platform)
+    listed = _listed(manifests)
+    of = f" of {image}" if image else ""
+    text = f"no match for platform {wanted}{' (strict)' if strict else ''} in index {index_digest}{of}: "
+    text += f"it lists {', '.join(str(p) for p in listed) or 'no platforms'}"
+    matcher = matcher_for(platform, strict=strict)
+    loose = [] if not strict or isinstance(platform, PlatformMatcher) else [
+        p for p in listed if matcher_for(platform, strict=False).match(p)]
+    if present is None:
+        hints = ["pass one of them as platform="] if listed else []
+        if loose:
+            hints.append(f"strict=False to take {', '.join(str(p) for p in loose)} ({wanted} can run it)")
+        if offer_all:
+            hints.append("all_platforms=True to take every platform")
+        return errors.NotFound(f"{text}; {_or(hints)}" if hints else text)
+    here = [str(d.platform) for d in manifests if d.platform is not None and present(d.digest)]
+    text += f"; present locally: {', '.join(here) if here else 'none of them'}"
+    if any(matcher.match(p) for p in listed):
+        hint = f"fetch the image for {wanted} first (fetch with platform={wanted})"
+    elif here:
+        hint = f"the image has no {wanted} manifest: pass one of the present platforms as platform="
+    else:
+        hint = "fetch the image for one of the platforms it lists"
+    return errors.NotFound(f"{text}; {hint}")
+
+
+def _or(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
 def image_size(provider: Provider, target: Descriptor, platform: PlatformArg = None) -> int:

@@ -125,6 +125,14 @@ class Txn:
                 out.append(kb)
         return out
 
+    def first_key(self, table: str, pfx: bytes = b"", start: bytes | None = None) -> bytes | None:
+        """The first key starting with ``pfx`` at or after ``start`` (default: ``pfx``), or None."""
+        with self.raw.cursor(db=self._h(table)) as cur:
+            if not cur.set_range(start if start is not None else pfx):
+                return None
+            kb = bytes(cur.key())
+        return kb if kb.startswith(pfx) else None
+
     def delete_prefix(self, table: str, pfx: bytes) -> int:
         """Remove every key starting with ``pfx``; returns how many were removed."""
         ks = self.keys(table, pfx)

@@ -21,7 +21,7 @@ import zstandard
 from ocistore.oci import mediatypes as mt
 from ocistore.oci.imagelayout import blob_name
 
-__all__ = ["File", "build_layer", "write_layout"]
+__all__ = ["File", "build_layer", "write_index_layout", "write_layout"]
 
 File = bytes | str | tuple[str, str] | None
 """A layer entry: file bytes, ``"dir/"``-style dirs are given as the value ``"<dir>"``,
@@ -87,6 +87,86 @@ def _put(root: Path, data: bytes) -> dict[str, object]:
     return {"digest": d, "size": len(data)}
 
 
+def _image_manifest(
+    rootp: Path, layers: Sequence[Mapping[str, File]], compression: str, platform: Mapping[str, str],
+) -> dict[str, Any]:
+    """Write the layers, config and manifest of one image; returns the manifest's descriptor."""
+    layer_descs, diff_ids = [], []
+    for files in layers:
+        blob, tar = build_layer(files, compression)
+        layer_descs.append({"mediaType": _LAYER_TYPES[compression], **_put(rootp, blob)})
+        diff_ids.append(_digest(tar))
+    config = {
+        **platform,
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created_by": f"layer {i}"} for i in range(len(layers))],
+    }
+    cdesc = {"mediaType": mt.OCI_CONFIG, **_put(rootp, json.dumps(config).encode())}
+    manifest = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": cdesc, "layers": layer_descs}
+    return {"mediaType": mt.OCI_MANIFEST, **_put(rootp, json.dumps(manifest).encode())}
+
+
+def _platform_json(spec: str) -> dict[str, str]:
+    os_, _, rest = spec.partition("/")
+    arch, _, variant = rest.partition("/")
+    out = {"architecture": arch, "os": os_}
+    if variant:
+        out["variant"] = variant
+    return out
+
+
+def _start_layout(rootp: Path) -> tuple[Path, dict[str, Any]]:
+    rootp.mkdir(parents=True, exist_ok=True)
+    (rootp / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    index_path = rootp / "index.json"
+    index: dict[str, Any] = (
+        json.loads(index_path.read_text()) if index_path.exists() else {"schemaVersion": 2, "manifests": []}
+    )
+    return index_path, index
+
+
+def _name_entry(index: dict[str, Any], name: str, desc: dict[str, Any]) -> None:
+    desc["annotations"] = {"io.containerd.image.name": name,
+                           "org.opencontainers.image.ref.name": name.rpartition(":")[2]}
+    index["manifests"] = [m for m in index["manifests"]
+                          if m.get("annotations", {}).get("io.containerd.image.name") != name] + [desc]
+
+
+def write_index_layout(
+    root: str | os.PathLike[str],
+    name: str,
+    platforms: Sequence[str],
+    layers: Sequence[Mapping[str, File]] | None = None,
+    compression: str = "gzip",
+) -> dict[str, str]:
+    """Write (or add to) an OCI layout holding ``name`` as an image index, one manifest per platform.
+
+    ``platforms`` are strings such as ``"linux/arm/v7"``, listed in the index in that order.
+    Each platform's image gets ``layers`` (default: one small layer) plus a file naming the
+    platform, so every platform has its own layer blob. Returns ``{"index": digest,
+    <platform>: manifest digest, ...}``.
+    """
+    rootp = Path(root)
+    index_path, index = _start_layout(rootp)
+    out: dict[str, str] = {}
+    entries = []
+    for spec in platforms:
+        plat = _platform_json(spec)
+        own: dict[str, File] = {"etc/": None, "etc/platform": f"{spec}\n"}
+        image_layers = [*(layers or [{"bin/": None, "bin/sh": "#!/bin/true\n"}]), own]
+        mdesc = _image_manifest(rootp, image_layers, compression, plat)
+        mdesc["platform"] = plat
+        entries.append(mdesc)
+        out[spec] = str(mdesc["digest"])
+    image_index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
+    idesc = {"mediaType": mt.OCI_INDEX, **_put(rootp, json.dumps(image_index).encode())}
+    out["index"] = str(idesc["digest"])
+    _name_entry(index, name, idesc)
+    index_path.write_text(json.dumps(index))
+    return out
+
+
 def write_layout(
     root: str | os.PathLike[str],
     images: Mapping[str, Sequence[Mapping[str, File]]],
@@ -99,33 +179,13 @@ def write_layout(
     Returns ``{name: manifest digest}``.
     """
     rootp = Path(root)
-    rootp.mkdir(parents=True, exist_ok=True)
-    (rootp / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    index_path = rootp / "index.json"
-    index: dict[str, Any] = (
-        json.loads(index_path.read_text()) if index_path.exists() else {"schemaVersion": 2, "manifests": []}
-    )
+    index_path, index = _start_layout(rootp)
     out = {}
     for name, layers in images.items():
-        layer_descs, diff_ids = [], []
-        for files in layers:
-            blob, tar = build_layer(files, compression)
-            layer_descs.append({"mediaType": _LAYER_TYPES[compression], **_put(rootp, blob)})
-            diff_ids.append(_digest(tar))
-        config = {
-            "architecture": architecture, "os": "linux",
-            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "history": [{"created_by": f"layer {i}"} for i in range(len(layers))],
-        }
-        cdesc = {"mediaType": mt.OCI_CONFIG, **_put(rootp, json.dumps(config).encode())}
-        manifest = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": cdesc, "layers": layer_descs}
-        mdesc = {"mediaType": mt.OCI_MANIFEST, **_put(rootp, json.dumps(manifest).encode())}
-        mdesc["annotations"] = {"io.containerd.image.name": name,
-                                "org.opencontainers.image.ref.name": name.rpartition(":")[2]}
-        mdesc["platform"] = {"architecture": architecture, "os": "linux"}
-        index["manifests"] = [m for m in index["manifests"]
-                              if m.get("annotations", {}).get("io.containerd.image.name") != name] + [mdesc]
+        plat = {"architecture": architecture, "os": "linux"}
+        mdesc = _image_manifest(rootp, layers, compression, plat)
+        mdesc["platform"] = dict(plat)
+        _name_entry(index, name, mdesc)
         out[name] = str(mdesc["digest"])
     index_path.write_text(json.dumps(index))
     return out

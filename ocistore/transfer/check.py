@@ -9,8 +9,9 @@
   present manifest, and its layers -- unless the image is unpacked (its config carries a
   ``containerd.io/gc.ref.snapshot.*`` label), since layers may be discarded after unpack;
 * every snapshot's parent exists in the same namespace and snapshotter and is committed,
-  its directory ``<root>/snapshots/<snapshotter>/<id>`` exists, and child links point at
-  existing snapshots;
+  its directory ``<root>/snapshots/<snapshotter>/<id>`` and its ``fs/`` exist (for every
+  snapshotter), and child links point at existing snapshots;
+* a snapshotter directory holds nothing ocistore did not make (reported, never removed);
 * no orphan blob file, ingest directory or snapshot directory (see
   :mod:`ocistore.metadata.orphans`).
 
@@ -30,7 +31,7 @@ import attrs
 from ocistore import errors
 from ocistore.content.types import ContentInfo
 from ocistore.images.graph import children, walk
-from ocistore.layout import RootLayout
+from ocistore.layout import NEW_PREFIX, TRASH_PREFIX, RootLayout
 from ocistore.metadata.db import DB, SEP, Txn
 from ocistore.metadata.gc import LABEL_REF_SNAPSHOT
 from ocistore.metadata.orphans import list_orphans, remove_orphans
@@ -259,12 +260,36 @@ def _check_snapshots(layout: RootLayout, st: _State) -> list[str]:
             elif prec.get("kind") != "committed":
                 out.append(f"{what}: parent {parent!r} is {prec.get('kind')}, not committed")
         sdir = layout.snapshot_dir(sn, str(rec.get("id")))
+        fs = layout.snapshot_fs(sn, str(rec.get("id")))
         if not sdir.is_dir():
-            out.append(f"{what}: directory {sdir} is missing")
+            out.append(f"{what}: directory {sdir} is missing; remove the snapshot (and what stacks on it)")
+        elif not fs.is_dir():
+            out.append(f"{what}: its files directory {fs} is missing; remove the snapshot (and what stacks on it)")
+    out += _unexpected_entries(layout)
     for ns, sn, parent, child in st.children:
         if (ns, sn, child) not in st.snapshots or (ns, sn, parent) not in st.snapshots:
             out.append(
                 f"snapshot child link {sn}/{parent} -> {child} (namespace {ns}): "
                 "points at a snapshot that does not exist"
+            )
+    return out
+
+
+def _unexpected_entries(layout: RootLayout) -> list[str]:
+    """Entries of a snapshotter directory that ocistore never makes (orphans are listed apart).
+
+    A snapshotter directory holds ``<id>`` directories and the ``new-*`` / ``gc-rm-*``
+    directories of builds and removals in progress; anything else is reported, not removed.
+    """
+    out = []
+    for snapshotter, sdir in layout.snapshotter_dirs():
+        for e in sorted(os.scandir(sdir), key=lambda e: e.name):
+            is_dir = e.is_dir(follow_symlinks=False)
+            if is_dir and (e.name.isdigit() or e.name.startswith((NEW_PREFIX, TRASH_PREFIX))):
+                continue
+            kind = "directory" if is_dir else "file"
+            out.append(
+                f"unexpected {kind} {snapshotter}/{e.name} ({e.path}): ocistore did not create it and "
+                "check(repair=True) leaves it; remove it by hand"
             )
     return out

@@ -79,7 +79,7 @@ class Containers:
             raise errors.AlreadyExists(f"container {id!r} already exists in namespace {ctx.namespace!r}")
         except errors.NotFound:
             pass
-        parts = image_parts(ctx.content, img.target, platform)
+        parts = image_parts(ctx.content, img.target, platform, image=img.name)
         sn = ctx.snapshotter(snapshotter)
         # An active snapshot is a GC root by itself, so the warm path needs no lease.
         try:

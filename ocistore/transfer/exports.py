@@ -15,18 +15,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from ocistore import errors
 from ocistore._files import atomic_write
 from ocistore.content.types import Provider
-from ocistore.images.graph import children, walk
-from ocistore.images.image import image_parts
+from ocistore.images.graph import children, filter_manifests, walk
+from ocistore.images.image import describe_platform, platform_mismatch
 from ocistore.metadata.images import ImageStore
 from ocistore.oci import imagelayout
 from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.digest import algorithm_of
 from ocistore.oci.manifest import parse_index, parse_manifest
-from ocistore.oci.platform import PlatformArg
+from ocistore.oci.platform import PlatformArg, matcher_for
 from ocistore.oci.reference import normalize_name, parse_reference
 
 __all__ = ["export_archive"]
@@ -34,7 +36,7 @@ __all__ = ["export_archive"]
 _CHUNK = 1 << 20
 
 
-def _add_manifest(content: Provider, desc: Descriptor, blobs: dict[str, Descriptor]) -> None:
+def _add_manifest(content: Provider, desc: Descriptor, blobs: dict[str, Descriptor], what: str) -> None:
     """Add a manifest and its config and layers to ``blobs`` (FailedPrecondition if one is missing)."""
 
     def handle(d: Descriptor) -> list[Descriptor]:
@@ -43,38 +45,82 @@ def _add_manifest(content: Provider, desc: Descriptor, blobs: dict[str, Descript
         for child in kids:
             if not content.exists(child.digest) and not mt.is_non_distributable(child.media_type):
                 raise errors.FailedPrecondition(
-                    f"blob {child.digest} of manifest {d.digest} is not in the store; fetch the image again"
+                    f"{what}: blob {child.digest} of manifest {d.digest} is not in the store "
+                    "(discarded or never fetched); fetch the image again"
                 )
         return [c for c in kids if content.exists(c.digest)]
 
     walk(handle, desc)
 
 
-def _blobs_for(
-    content: Provider, target: Descriptor, platform: PlatformArg, all_platforms: bool
-) -> tuple[Descriptor, list[Descriptor]]:
-    """The descriptor to list in index.json and every blob to write."""
+@attrs.frozen
+class _Selection:
+    """What to export of one image: every blob and the manifest a docker-archive names."""
+
+    blobs: list[Descriptor]
+    docker_manifest: Descriptor
+
+
+def _select(
+    content: Provider, target: Descriptor, platform: PlatformArg, all_platforms: bool, what: str
+) -> _Selection:
+    """containerd's exporter: the target is the entry, an index's manifests are filtered.
+
+    An index keeps its own blob; of its manifests, those of the platform (the host's,
+    strict, by default) are walked, or all of them with ``all_platforms``. Every walked
+    manifest must be present with its config and layers (FailedPrecondition), and a
+    platform that matches none of the listed manifests is NotFound.
+    """
     blobs: dict[str, Descriptor] = {}
-    if mt.is_index(target.media_type):
-        index = parse_index(content.read(target.digest), target.media_type)
-        present = [d for d in index.manifests if content.exists(d.digest)]
-        if all_platforms or len(present) == len(index.manifests):
-            if all_platforms and len(present) != len(index.manifests):
-                raise errors.FailedPrecondition(
-                    f"index {target.digest} lists manifests that are not in the store; fetch with all_platforms"
-                )
-            chosen = present if all_platforms or platform is None else []
-            if chosen:
-                blobs[target.digest] = target
-                for d in chosen:
-                    if mt.is_manifest(d.media_type):
-                        _add_manifest(content, d, blobs)
-                return target, list(blobs.values())
-        parts = image_parts(content, target, platform)
-        _add_manifest(content, parts.manifest_desc, blobs)
-        return parts.manifest_desc, list(blobs.values())
-    _add_manifest(content, target, blobs)
-    return target, list(blobs.values())
+    if not mt.is_index(target.media_type):
+        _add_manifest(content, target, blobs, what)
+        return _Selection(list(blobs.values()), target)
+    matcher = matcher_for(platform, strict=True)
+    chosen: list[Descriptor] = []  # the manifests walked, for the docker-archive entry
+    missing: list[Descriptor] = []
+    listed: list[Descriptor] = []  # the target's own children, for the messages
+
+    def handle(d: Descriptor) -> list[Descriptor]:
+        if not mt.is_index(d.media_type):
+            if not content.exists(d.digest):
+                missing.append(d)
+            else:
+                chosen.append(d)
+                _add_manifest(content, d, blobs, what)
+            return []
+        if not content.exists(d.digest):
+            missing.append(d)
+            return []
+        blobs[d.digest] = d
+        index = parse_index(content.read(d.digest), d.media_type)
+        if d.digest == target.digest:
+            listed.extend(index.manifests)
+        kids = [m for m in index.manifests if mt.is_manifest(m.media_type) or mt.is_index(m.media_type)]
+        if all_platforms:
+            return kids
+        kept = filter_manifests(kids, matcher)
+        if not kept and d.digest == target.digest:
+            raise platform_mismatch(platform, True, d.digest, index.manifests, present=content.exists, image=what)
+        return kept
+
+    walk(handle, target)
+    if missing:
+        absent = ", ".join(str(m.platform) if m.platform else m.digest for m in missing)
+        here = [str(m.platform) for m in listed if m.platform and content.exists(m.digest)]
+        if all_platforms:
+            hint = "fetch it with all_platforms=True"
+        else:
+            hint = f"fetch it with platform={describe_platform(platform)}"
+        if here:
+            hint += f", or export a platform that is present with platform={here[0]}"
+        raise errors.FailedPrecondition(
+            f"{what}: index {target.digest} lists manifests for {absent} that are not in the store "
+            f"(present locally: {', '.join(here) or 'none'}); {hint}"
+        )
+    if not chosen:
+        raise platform_mismatch(platform, True, target.digest, listed, present=content.exists, image=what)
+    best = filter_manifests(chosen, matcher) or filter_manifests(chosen, matcher_for(None, strict=False)) or chosen
+    return _Selection(list(blobs.values()), best[0])
 
 
 def export_archive(
@@ -83,7 +129,12 @@ def export_archive(
 ) -> None:
     """Write ``names`` as an OCI layout (tar, or a directory when ``path`` is an existing dir).
 
-    ``format="docker"`` also writes ``manifest.json`` (docker-archive) next to ``index.json``.
+    Each image's target is its ``index.json`` entry, so an index keeps its digest. Of an
+    index, only the manifests of ``platform`` (default: the host's, matched strictly) are
+    written, with their configs and layers; ``all_platforms=True`` writes every manifest
+    (all must be in the store). ``format="docker"`` also writes ``manifest.json``
+    (docker-archive) next to ``index.json``, naming the selected platform's manifest.
+    Nothing is written when an image lacks what the export needs.
     """
     if format not in ("oci", "docker"):
         raise errors.InvalidArgument(f"unknown archive format {format!r}: use 'oci' or 'docker'")
@@ -94,8 +145,9 @@ def export_archive(
     docker_entries: list[dict[str, Any]] = []
     for name in names:
         img = images.get(name)
-        top, found = _blobs_for(content, img.target, platform, all_platforms)
-        for b in found:
+        top = img.target
+        selection = _select(content, top, platform, all_platforms, f"image {img.name}")
+        for b in selection.blobs:
             blobs[b.digest] = b
         ref = parse_reference(img.name) if normalize_name(img.name) else None
         ann = {imagelayout.NAME_ANNOTATION: img.name}
@@ -103,9 +155,7 @@ def export_archive(
             ann[imagelayout.REF_NAME_ANNOTATION] = ref.tag
         entries.append(Descriptor(top.media_type, top.digest, top.size, annotations=ann, platform=top.platform))
         if format == "docker":
-            mdesc = top
-            if mt.is_index(top.media_type):
-                mdesc = image_parts(content, top, platform).manifest_desc
+            mdesc = selection.docker_manifest
             m = parse_manifest(content.read(mdesc.digest), mdesc.media_type)
             docker_entries.append({
                 "Config": imagelayout.blob_name(m.config.digest),

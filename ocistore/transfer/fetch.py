@@ -20,11 +20,12 @@ from typing import Protocol
 from ocistore import errors
 from ocistore.content.types import ContentStore, ContentWriter, IngestStatus
 from ocistore.images.graph import child_gc_labels, children, filter_manifests, walk
+from ocistore.images.image import platform_mismatch
 from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.digest import EMPTY_DIGEST
 from ocistore.oci.mediatypes import kind_of
-from ocistore.oci.platform import PlatformMatcher
+from ocistore.oci.platform import PlatformArg, PlatformMatcher
 from ocistore.transfer.progress import Progress, ref_key
 
 __all__ = ["Source", "fetch_graph", "fetch_blob"]
@@ -149,15 +150,24 @@ def fetch_graph(
     max_concurrent: int = 3,
     fetch_layers: bool = True,
     on_manifest: Callable[[Descriptor], None] | None = None,
+    platform: PlatformArg = None,
+    strict: bool = True,
+    name: str = "",
+    offer_all: bool = True,
 ) -> list[Descriptor]:
     """Fetch ``root`` and its children for the platforms ``matcher`` accepts (None = all).
 
-    Returns the manifests fetched. ``limit`` caps the manifests taken from an index
-    (best matches first; NotFound if none match).
+    Returns the manifests fetched. ``limit`` caps the manifests taken from an index (best
+    matches first). With a matcher, an index of which no manifest at all is left after
+    filtering is NotFound (with ``limit``: any index without a match, as containerd's
+    ``LimitManifests``); the index blob may then be in the store, but nothing refers to it.
+    ``platform`` and ``strict`` are what ``matcher`` was made from and ``name`` is the image;
+    they word that error (``offer_all=False``: do not suggest all platforms).
     """
     progress = progress or Progress(None)
     manifests: list[Descriptor] = []
     layers: list[Descriptor] = []
+    top: list[Descriptor] = []  # the root index's children, for the error
 
     def handle(desc: Descriptor) -> Sequence[Descriptor]:
         if mt.is_layer(desc.media_type):
@@ -169,7 +179,14 @@ def fetch_graph(
         if kids:
             _label_parent(content, desc, kids)  # before platform filtering, as containerd does
         if mt.is_index(desc.media_type):
-            return filter_manifests(kids, matcher, limit)
+            if desc.digest == root.digest:
+                top.extend(kids)
+            kept = filter_manifests(kids, matcher, 0)
+            if limit > 0:
+                if not kept:
+                    raise platform_mismatch(platform, strict, desc.digest, kids, image=name, offer_all=offer_all)
+                kept = kept[:limit]
+            return kept
         if mt.is_manifest(desc.media_type):
             manifests.append(desc)
             if on_manifest is not None:
@@ -177,6 +194,8 @@ def fetch_graph(
         return kids
 
     walk(handle, root)
+    if matcher is not None and mt.is_index(root.media_type) and not manifests:
+        raise platform_mismatch(platform, strict, root.digest, top, image=name, offer_all=offer_all)
     if fetch_layers and layers:
         for layer in layers:
             progress.emit(ref_key("layer", layer.digest), layer.digest, "layer", "waiting", 0, layer.size)

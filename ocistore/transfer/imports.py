@@ -136,15 +136,18 @@ def import_archive(
                 f"{path} names no images (no {imagelayout.NAME_ANNOTATION} / "
                 f"{imagelayout.REF_NAME_ANNOTATION} annotations or RepoTags)"
             )
-        matcher = None if all_platforms else matcher_for(platform, strict=platform is not None)
-        images = []
+        strict = platform is not None
+        matcher = None if all_platforms else matcher_for(platform, strict=strict)
+        targets = []
         for name, desc in named:
-            fetch_graph(ctx.content, src, desc, matcher, limit=0 if all_platforms else 1, progress=prog)
-            target = Descriptor(desc.media_type, desc.digest, desc.size, annotations=desc.annotations)
-            images.append(ctx.images.upsert(name, target))
+            fetch_graph(ctx.content, src, desc, matcher, limit=0 if all_platforms else 1, progress=prog,
+                        platform=platform, strict=strict, name=name)
+            targets.append((name, Descriptor(desc.media_type, desc.digest, desc.size, annotations=desc.annotations)))
+        # every image's blobs are in before the first record is written: all or nothing
+        images = [ctx.images.upsert(name, target) for name, target in targets]
         if not fetch_only:
             for img in images:
-                parts = image_parts(ctx.content, img.target, platform)
+                parts = image_parts(ctx.content, img.target, platform, image=img.name)
                 unpack_parts(ctx, parts, image_ref=img.name, snapshotter=snapshotter, progress=prog)
         return images
     finally:

@@ -49,7 +49,7 @@ def _client(registry: Mapping[str, Any]) -> remotes.RegistryClient:
 
 def _fetch(
     ctx: OperationContext, ref: str, matcher: PlatformMatcher | None, limit: int, prog: Progress,
-    registry: Mapping[str, Any], fetch_layers: bool = True,
+    registry: Mapping[str, Any], fetch_layers: bool = True, platform: PlatformArg = None, strict: bool = True,
 ) -> tuple[str, Descriptor, remotes.RegistryClient, RegistrySource]:
     """Resolve and fetch the graph; returns (name, target, open client, source)."""
     parsed = parse_reference(ref)
@@ -60,7 +60,8 @@ def _fetch(
         prog.emit(name, desc.digest, kind_of(desc.media_type), "resolved", 0, desc.size)
         source = RegistrySource(client, name, (parsed.domain, parsed.repository))
         fetch_graph(ctx.content, source, desc, matcher, limit=limit, progress=prog,
-                    max_concurrent=client.options.max_concurrent_downloads, fetch_layers=fetch_layers)
+                    max_concurrent=client.options.max_concurrent_downloads, fetch_layers=fetch_layers,
+                    platform=platform, strict=strict, name=name, offer_all=limit == 0)
         return name, Descriptor(desc.media_type, desc.digest, desc.size), client, source
     except BaseException:
         client.close()
@@ -74,7 +75,8 @@ def fetch(
 ) -> Image:
     """Download an image for ``platform`` (default: the host, strict) or all platforms."""
     matcher = None if all_platforms else matcher_for(platform, strict=strict)
-    name, target, client, _source = _fetch(ctx, ref, matcher, 0, Progress(progress), registry or {})
+    name, target, client, _source = _fetch(ctx, ref, matcher, 0, Progress(progress), registry or {},
+                                           platform=platform, strict=strict)
     client.close()
     return ctx.images.upsert(name, target)
 
@@ -88,22 +90,25 @@ def pull(
 ) -> Image:
     """Fetch one platform of ``ref`` and unpack it according to ``unpack``.
 
-    With ``unpack="always"`` layer downloads run ahead of the applies, and layers whose
-    chain ID is already committed in ``snapshotter`` are not downloaded (as containerd).
-    The image record is written once everything is in place.
+    With ``unpack="always"`` layer downloads run ahead of the applies. Layers whose chain ID
+    is already committed in ``snapshotter`` are not applied again, and their blobs, when
+    missing from the content store, are downloaded like a fetch does -- unless
+    ``discard_layers`` (then they are skipped, as containerd's unpacker skips them). So a
+    pull repairs a lost layer blob, and ends with every blob of the platform present unless
+    layers are discarded. The image record is written once everything is in place.
     """
     if unpack not in UNPACK_POLICIES:
         raise errors.InvalidArgument(f"unpack must be one of {', '.join(UNPACK_POLICIES)}, not {unpack!r}")
     prog = Progress(progress)
     matcher = matcher_for(platform, strict=strict)
     name, target, client, source = _fetch(ctx, ref, matcher, 1, prog, registry or {},
-                                          fetch_layers=unpack != "always")
+                                          fetch_layers=unpack != "always", platform=platform, strict=strict)
     try:
-        parts = image_parts(ctx.content, target, platform, strict=strict)
+        parts = image_parts(ctx.content, target, platform, strict=strict, image=name)
         if unpack == "never" or (unpack == "auto" and parts.size >= threshold):
             return ctx.images.upsert(name, target)
         _unpack_streaming(ctx, parts, name, snapshotter, snapshot_labels, prog, source,
-                          client.options.max_concurrent_downloads)
+                          client.options.max_concurrent_downloads, keep_blobs=not discard_layers)
     finally:
         client.close()
     if discard_layers:
@@ -113,11 +118,18 @@ def pull(
 
 def _unpack_streaming(
     ctx: OperationContext, parts: ImageParts, name: str, snapshotter: str, snapshot_labels: bool,
-    prog: Progress, source: RegistrySource, parallel: int,
+    prog: Progress, source: RegistrySource, parallel: int, keep_blobs: bool = True,
 ) -> None:
-    """Download the layers that are needed while unpacking them as they arrive."""
+    """Download the missing layers while unpacking them as they arrive.
+
+    The layers to apply are downloaded if absent. Layers whose chain ID is already
+    committed are not applied again; their blobs are downloaded if absent unless
+    ``keep_blobs`` is false (a pull that discards layers anyway), so that a pull leaves
+    every blob of the platform in the store and a lost one comes back.
+    """
     start = first_missing_layer(ctx, parts, snapshotter)
-    needed = [d for d in parts.layers[start:] if not ctx.content.exists(d.digest)]
+    needed = [d for i, d in enumerate(parts.layers)
+              if (i >= start or keep_blobs) and not ctx.content.exists(d.digest)]
     for d in needed:
         prog.emit(f"layer-{d.digest}", d.digest, "layer", "waiting", 0, d.size)
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(needed) or 1))) as pool:

@@ -116,7 +116,7 @@ def unpack_image(
 ) -> str:
     """Unpack image ``name`` into ``snapshotter``; returns the top chain ID."""
     img = ctx.images.get(name)
-    parts = image_parts(ctx.content, img.target, platform)
+    parts = image_parts(ctx.content, img.target, platform, image=img.name)
     return unpack_parts(ctx, parts, image_ref=name, snapshotter=snapshotter,
                         snapshot_labels=snapshot_labels, progress=Progress(progress))
 
