@@ -6,7 +6,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 from ocistore import errors
 from ocistore._files import remove_tree
 from ocistore.content.local import LocalStore
+from ocistore.estargz import DEFAULT_CHUNK_SIZE
 from ocistore.images.image import image_size
 from ocistore.layout import RootLayout
 from ocistore.metadata.containers import ContainerRecords
@@ -29,6 +30,7 @@ from ocistore.transfer import pull as _pull
 from ocistore.transfer.check import CheckReport, check
 from ocistore.transfer.containers import Containers
 from ocistore.transfer.context import OperationContext
+from ocistore.transfer.convert import convert_image, default_convert_name
 from ocistore.transfer.exports import export_archive
 from ocistore.transfer.imports import import_archive
 from ocistore.transfer.progress import ProgressEvent
@@ -215,6 +217,16 @@ class Store:
         """Write images as an OCI layout tar/dir or a docker-archive."""
         export_archive(self.content, self.images, path, [names] if isinstance(names, str) else list(names),
                        platform=platform, all_platforms=all_platforms, format=format)
+
+    def convert(self, name: str, to: str = "estargz", prioritized_files: Sequence[str] | None = None, *,
+                dst: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                compression_level: int = 9, platform: PlatformArg = None, oci: bool = True) -> Image:
+        """Rewrite an image's layers as eStargz into a new image ``dst`` (default: the source
+        name with ``-esgz`` appended to its tag); the source image is kept."""
+        with self._ops.lease():
+            return convert_image(self._ops, name, dst or default_convert_name(self.images.find(name).name, to),
+                                 to=to, prioritized_files=prioritized_files, chunk_size=chunk_size,
+                                 compression_level=compression_level, platform=platform, oci=oci)
 
     def disk_usage(self) -> DiskUsage:
         """Bytes allocated on disk by content, ingests, snapshots and metadata."""
