@@ -68,6 +68,7 @@ def convert_layer(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     level: int = 9,
     expected_diff_id: str | None = None,
+    workers: int | None = None,
 ) -> ConvertedLayer:
     """Write the layer read from ``stream`` as an eStargz blob through ``write``.
 
@@ -75,9 +76,10 @@ def convert_layer(
     layer does not hold are ignored here (the caller decides whether that is an error).
     ``expected_diff_id`` checks the source layer (``DigestMismatch``). Sparse members are
     refused (``InvalidArgument``), as are names that escape the root (``UnsafeArchive``).
+    ``workers`` compression threads are used (the output does not depend on it).
     """
-    writer = LayerWriter(write, chunk_size=chunk_size, level=level)
-    with tempfile.TemporaryFile(dir=spool_dir, prefix="estargz-") as spool:
+    writer = LayerWriter(write, chunk_size=chunk_size, level=level, workers=workers)
+    with writer, tempfile.TemporaryFile(dir=spool_dir, prefix="estargz-") as spool:
         members, diff_id = _spool(stream, media_type, spool)
         if expected_diff_id is not None and diff_id != expected_diff_id:
             raise errors.DigestMismatch(

@@ -58,10 +58,11 @@ def _json_text(text: str) -> str:
 
 
 def open_verifier(
-    blob: Seekable, blob_size: int, annotations: dict[str, str], *, max_entries: int = MAX_TOC_ENTRIES,
-    max_bytes: int = MAX_TOC_BYTES, what: str = "layer",
+    blob: Seekable, blob_size: int, annotations: dict[str, str], *, max_entries: int | None = None,
+    max_bytes: int | None = None, what: str = "layer",
 ) -> LayerVerifier:
-    """Read and verify the TOC of an eStargz ``blob`` against the descriptor's annotations."""
+    """Read and verify the TOC of an eStargz ``blob`` against the descriptor's annotations
+    (limits default to ``MAX_TOC_ENTRIES`` and ``MAX_TOC_BYTES``)."""
     expected = annotations[TOC_DIGEST_ANNOTATION]
     size_text = annotations.get(UNCOMPRESSED_SIZE_ANNOTATION)
     uncompressed: int | None = None
@@ -69,13 +70,14 @@ def open_verifier(
         if not size_text.isdigit():
             raise errors.InvalidEStargz(f"{what}: {UNCOMPRESSED_SIZE_ANNOTATION}={size_text!r:.40} is not a size")
         uncompressed = int(size_text)
-    toc_blob = read_toc_blob(blob, blob_size, max_bytes=max_bytes)
+    toc_blob = read_toc_blob(blob, blob_size, max_bytes=MAX_TOC_BYTES if max_bytes is None else max_bytes)
     if toc_blob.digest != expected:
         raise errors.DigestMismatch(
             f"{what}: eStargz TOC digest is {toc_blob.digest}, the layer descriptor says {expected}",
             expected=expected, actual=toc_blob.digest,
         )
-    toc = parse_toc(toc_blob.json, payload_size=toc_blob.toc_offset, max_entries=max_entries)
+    toc = parse_toc(toc_blob.json, payload_size=toc_blob.toc_offset,
+                    max_entries=MAX_TOC_ENTRIES if max_entries is None else max_entries)
     return LayerVerifier(toc, toc_blob, uncompressed, what)
 
 
