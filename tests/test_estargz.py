@@ -148,6 +148,8 @@ def test_convert_layer_layout(tmp_path: Path) -> None:
     link = next(e for e in entries if e["name"] == "etc/link")
     assert link["type"] == "symlink" and link["linkName"] == "/etc/passwd"
     assert next(e for e in entries if e["name"] == "hard")["type"] == "hardlink"
+    empty = next(e for e in entries if e["name"] == "empty")  # stargz records a digest for empty files too
+    assert empty["digest"] == "sha256:" + hashlib.sha256(b"").hexdigest() and "offset" not in empty
     assert blob[-51:] == esgz.footer_bytes(offset)
     assert blob[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"  # MTIME 0, XFL best, OS unknown
 
@@ -393,4 +395,26 @@ def test_plain_tools_read_the_converted_image(corpus_store: Any, tmp_path: Path)
     with Store(tmp_path / "fresh") as fresh:
         [imported] = fresh.import_archive(archive)
         assert fresh.is_unpacked(imported.name, snapshotter="overlayfs")
+        assert fresh.check().ok
+
+
+@pytest.mark.registry
+def test_pull_and_fetch_of_a_converted_image_from_a_registry(corpus_store: Any, registry_plain: Any,
+                                                              tmp_path: Path) -> None:
+    """A registry serves eStargz like any gzip image; a pull checks it as eStargz on unpack."""
+    store, converted, _started = corpus_store
+    image = converted["app:layers"]
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    store.export_archive(layout, [image.name])
+    ref = registry_plain.ref("esgz/app:esgz")
+    creds = [f"--dest-creds={registry_plain.user}:{registry_plain.password}"] if registry_plain.user else []
+    subprocess.run(["skopeo", "--insecure-policy", "copy", "--quiet", "--preserve-digests",
+                    "--dest-tls-verify=false", *creds, f"oci:{layout}:esgz", f"docker://{ref}"],
+                   check=True, capture_output=True)
+    with Store(tmp_path / "pulled", **registry_plain.client_options()) as fresh:
+        pulled = fresh.pull(ref, snapshotter="native")
+        assert pulled.target.digest == image.target.digest
+        assert fresh.is_unpacked(pulled.name, snapshotter="native")
+        fresh.fetch(ref)
         assert fresh.check().ok

@@ -206,7 +206,8 @@ def cmd_convert(ctx: Context, args: argparse.Namespace) -> int:
         try:
             text = args.estargz_prioritized_files.read_text()
         except FileNotFoundError:
-            raise errors.NotFound(f"prioritized files list {str(args.estargz_prioritized_files)!r} does not exist") from None
+            path = str(args.estargz_prioritized_files)
+            raise errors.NotFound(f"prioritized files list {path!r} does not exist") from None
         prioritized = [line.strip() for line in text.splitlines() if line.strip()]
     name = ctx.store.images.find(args.source).name
     image = ctx.store.convert(name, "estargz", prioritized, dst=str(parse_reference(args.target)),

@@ -34,6 +34,7 @@ __all__ = [
 
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
+_EMPTY_DIGEST = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 _HIDDEN = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
 
 
@@ -115,6 +116,8 @@ class LayerVerifier:
             raise errors.InvalidEStargz(f"{self.what}: tar member {m.name!r} is not in the eStargz TOC")
         entry, chunks = nxt
         self._compare(m, name, entry)
+        if entry.type == "reg" and entry.size == 0 and entry.digest:
+            self.file(entry, _EMPTY_DIGEST)
         return ("hidden" if name in _HIDDEN and m.type == "reg" else "file"), chunks, entry
 
     def _compare(self, m: Member, name: str, e: TOCEntry) -> None:

@@ -43,6 +43,7 @@ PREFETCH_LANDMARK = ".prefetch.landmark"
 NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
 LANDMARK_CONTENTS = b"\x0f"
 _COPY = 1 << 20
+_EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
 _PIECE = 1 << 20  # uncompressed bytes handed to a compression worker at once
 _IN_FLIGHT = 8  # pieces queued or being compressed
 
@@ -209,6 +210,8 @@ class LayerWriter:
             assert read is not None
             self._regular(entry, data_size, read)
         else:
+            if entry.type == "reg":
+                entry.digest = _EMPTY_DIGEST  # stargz records it for empty files too
             if data_size:
                 assert read is not None
                 self._copy(read, data_size, None)
