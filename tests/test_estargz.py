@@ -418,3 +418,33 @@ def test_pull_and_fetch_of_a_converted_image_from_a_registry(corpus_store: Any, 
         assert fresh.is_unpacked(pulled.name, snapshotter="native")
         fresh.fetch(ref)
         assert fresh.check().ok
+
+
+def test_cli_images_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ocistore.cli import main
+
+    root = tmp_path / "root"
+    blob = gzip.compress(_tar(FILES))
+    with Store(root) as store:
+        layer = store.content.ingest(blob, media_type=GZ)
+        diff_id = "sha256:" + hashlib.sha256(gzip.decompress(blob)).hexdigest()
+        cfg = store.content.ingest(json.dumps({"os": "linux", "architecture": "amd64",
+                                               "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode())
+        doc = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+               "config": {"mediaType": mt.OCI_CONFIG, "digest": cfg.digest, "size": cfg.size},
+               "layers": [{"mediaType": GZ, "digest": layer.digest, "size": layer.size}]}
+        m = store.content.ingest(json.dumps(doc).encode())
+        store.images.create(Image(name="example.com/src:1", target=Descriptor(mt.OCI_MANIFEST, m.digest, m.size)))
+    prio = tmp_path / "prio"
+    prio.write_text("/etc/passwd\n\n")
+    assert main(["--root", str(root), "images", "convert", "--estargz", "--estargz-prioritized-files", str(prio),
+                 "--estargz-chunk-size", "65536", "example.com/src:1", "example.com/dst:1"]) == 0
+    assert capsys.readouterr().out.strip() == "example.com/dst:1"
+    assert main(["--root", str(root), "images", "convert", "example.com/src:1", "example.com/x:1"]) == 2
+    assert main(["--root", str(root), "images", "convert", "--estargz", "example.com/nope:1", "example.com/x:1"]) == 1
+    with Store(root) as store:
+        image = store.images.get("example.com/dst:1")
+        manifest = json.loads(store.content.read(image.target.digest))
+        assert esgz.TOC_DIGEST_ANNOTATION in manifest["layers"][0]["annotations"]
+        store.unpack(image.name, snapshotter="native")
+        assert store.check().ok
