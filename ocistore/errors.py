@@ -13,6 +13,7 @@ __all__ = [
     "DigestMismatch",
     "Error",
     "FailedPrecondition",
+    "InvalidEStargz",
     "InvalidArgument",
     "NotFound",
     "NotImplementedKind",
@@ -90,3 +91,12 @@ class UnsafeArchive(InvalidArgument):
 
 class SizeLimitExceeded(InvalidArgument):
     """Input is larger than the limit allowed for it (manifest size, header size, ...)."""
+
+
+class InvalidEStargz(InvalidArgument):
+    """An eStargz layer's footer or table of contents is malformed or does not describe the layer.
+
+    Raised when a layer whose descriptor carries ``containerd.io/snapshot/stargz/toc.digest``
+    is applied: offsets outside the blob, overlapping chunks, a TOC that disagrees with the
+    tar stream. A digest that lies (TOC, chunk, uncompressed size) is a ``DigestMismatch``.
+    """

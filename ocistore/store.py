@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ocistore.metadata import gc
     from ocistore.metadata.gc import GCStats
     from ocistore.snapshots import Snapshotter
-    from ocistore.transfer import check, containers, evict, exports, imports, inspect, pull, unpack, usage
+    from ocistore.transfer import check, containers, convert, evict, exports, imports, inspect, pull, unpack, usage
     from ocistore.transfer.check import CheckReport
     from ocistore.transfer.containers import Containers
     from ocistore.transfer.inspect import ImageInspection
@@ -45,6 +45,7 @@ else:
     gc = lazy_module("ocistore.metadata.gc")
     check = lazy_module("ocistore.transfer.check")
     containers = lazy_module("ocistore.transfer.containers")
+    convert = lazy_module("ocistore.transfer.convert")
     evict = lazy_module("ocistore.transfer.evict")
     exports = lazy_module("ocistore.transfer.exports")
     imports = lazy_module("ocistore.transfer.imports")
@@ -265,6 +266,17 @@ class Store:
         """Write images as an OCI layout tar/dir or a docker-archive."""
         exports.export_archive(self.content, self.images, path, [names] if isinstance(names, str) else list(names),
                        platform=platform, all_platforms=all_platforms, format=format)
+
+    def convert(self, name: str, to: str = "estargz", prioritized_files: Sequence[str] | None = None, *,
+                dst: str | None = None, chunk_size: int = 4 << 20,
+                compression_level: int = 9, platform: PlatformArg = None, oci: bool = True) -> Image:
+        """Rewrite an image's layers as eStargz into a new image ``dst`` (default: the source
+        name with ``-esgz`` appended to its tag); the source image is kept."""
+        with self._ops.lease():
+            return convert.convert_image(
+                self._ops, name, dst or convert.default_convert_name(self.images.find(name).name, to),
+                to=to, prioritized_files=prioritized_files, chunk_size=chunk_size,
+                compression_level=compression_level, platform=platform, oci=oci)
 
     def disk_usage(self) -> DiskUsage:
         """Bytes allocated on disk by content, ingests, snapshots and metadata."""

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("content",),
     ("metadata",),
     ("snapshots", "mount"),
+    ("estargz",),
     ("archive",),
     ("remotes",),
     ("images",),

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import BinaryIO
 
 import attrs
 
 from ocistore import errors
 from ocistore.archive._applier import Applier
-from ocistore.archive._compression import compression_for
+from ocistore.archive._compression import GZIP, UNKNOWN, compression_for, detect_compression
+from ocistore.archive._estargz import EStargzTarReader, is_estargz, prepare_verifier
 from ocistore.archive._pipeline import Pipeline
 from ocistore.archive._tarformat import TarReader
 from ocistore.oci.digest import algorithm_of
@@ -37,6 +38,7 @@ class ApplyResult:
     entries: int
     compression: str = "none"
     skipped_devices: int = 0
+    toc_digest: str = ""
 
 
 def apply_layer(
@@ -53,6 +55,7 @@ def apply_layer(
     progress: Callable[[int], None] | None = None,
     privileged: bool | None = None,
     blob_digest: bool = True,
+    annotations: Mapping[str, str] | None = None,
 ) -> ApplyResult:
     """Apply a layer blob (tar, tar+gzip or tar+zstd) read from ``stream`` onto ``root``.
 
@@ -70,6 +73,14 @@ def apply_layer(
     the compressed bytes (``ApplyResult.digest`` is then ``""``) unless
     ``expected_digest`` asks for it: a blob verified when it was stored needs no second
     hash, and sha256 is the slowest step on CPUs without SHA extensions.
+
+    ``annotations`` are the layer descriptor's. When they carry
+    ``containerd.io/snapshot/stargz/toc.digest`` and the layer is gzip, it is checked as
+    eStargz (the stream must then be seekable): the footer and TOC are read first and the
+    TOC's digest verified, then every chunk digest, every TOC offset and entry, and
+    ``io.containers.estargz.uncompressed-size`` are checked as the layer streams past; the
+    TOC (``stargz.index.json``) and the landmark files are not written into ``root``.
+    Lies are ``DigestMismatch``, a malformed or inconsistent TOC ``InvalidEStargz``.
 
     Raises ``UnsafeArchive`` for members escaping the root, ``InvalidArgument``
     for corrupt or unsupported input, ``SizeLimitExceeded`` for oversized headers,
@@ -89,16 +100,22 @@ def apply_layer(
     chown = is_root if same_owner is None else same_owner
     devices = (is_root and not _in_user_namespace()) if privileged is None else privileged
 
+    compression = compression_for(media_type)
+    verifier = None
+    if annotations is not None and is_estargz(dict(annotations)) and _is_gzip(stream, compression):
+        verifier = prepare_verifier(stream, dict(annotations), f"layer {expected_digest or ''}".strip())
     pipeline = Pipeline(
         stream,
-        compression_for(media_type),
+        compression,
         digest_algorithm=digest_alg,
         diff_id_algorithm=diff_alg,
         expected_size=expected_size,
         blob_digest=blob_digest or expected_digest is not None,
+        member_offsets=verifier.member_offsets if verifier is not None else None,
     )
     try:
-        reader = TarReader(_chunks(pipeline, progress))
+        chunks = _chunks(pipeline, progress)
+        reader = TarReader(chunks) if verifier is None else EStargzTarReader(chunks, verifier)
         applier = Applier(root_path, overlay=overlay, lower_dirs=lowers, chown=chown, devices=devices)
         applier.apply_all(reader)
         reader.drain()  # trailing bytes after the archive end are part of the diffID
@@ -112,9 +129,25 @@ def apply_layer(
         entries=applier.entries,
         compression=pipeline.compression,
         skipped_devices=applier.skipped_devices,
+        toc_digest=verifier.toc_blob.digest if verifier is not None else "",
     )
     _verify(result, expected_digest, expected_size, expected_diff_id)
+    if verifier is not None:
+        verifier.finish(pipeline.members, pipeline.uncompressed_size)
     return result
+
+
+def _is_gzip(stream: BinaryIO, compression: str) -> bool:
+    """Whether the layer is gzip (by media type, or by magic when the type says nothing)."""
+    if compression != UNKNOWN:
+        return compression == GZIP
+    if not stream.seekable():
+        return False
+    start = stream.tell()
+    try:
+        return detect_compression(stream.read(2)) == GZIP
+    finally:
+        stream.seek(start)
 
 
 def _chunks(pipeline: Pipeline, progress: Callable[[int], None] | None) -> Callable[[], bytes]:

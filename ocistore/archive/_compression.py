@@ -36,6 +36,7 @@ __all__ = [
     "ReadCompressed",
     "compression_for",
     "decode",
+    "decode_gzip_members",
     "detect_compression",
 ]
 
@@ -119,6 +120,60 @@ class _Gzip:
     def finish(self) -> None:
         if self._started:
             raise errors.InvalidArgument("corrupt gzip stream: truncated (no end of the deflate stream)")
+
+
+MemberStart = Callable[[int, int], None]
+"""Told (compressed offset, uncompressed offset) where each gzip member starts."""
+
+
+class _TrackedGzip(_Gzip):
+    """:class:`_Gzip` that reports where each member starts (eStargz verification only:
+    the plain path keeps the untracked class)."""
+
+    def __init__(self, on_member: MemberStart) -> None:
+        super().__init__()
+        self._on_member = on_member
+        self._in = 0  # compressed bytes fed before the current piece
+        self._out = 0  # uncompressed bytes produced
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        base = self._in
+        total = len(data)
+        self._in += total
+        while data:
+            if self._padding or (not self._started and data[:1] == b"\x00"):
+                if data.strip(b"\x00"):
+                    raise errors.InvalidArgument("corrupt gzip stream: garbage after the last member")
+                self._padding = True
+                return
+            if not self._started:
+                self._on_member(base + total - len(data), self._out)
+            self._started = True
+            try:
+                out = self._d.decompress(data, OUTPUT_CHUNK)
+                if out:
+                    self._out += len(out)
+                    yield out
+                while self._d.unconsumed_tail:
+                    out = self._d.decompress(self._d.unconsumed_tail, OUTPUT_CHUNK)
+                    if out:
+                        self._out += len(out)
+                        yield out
+            except _GZIP_ERRORS as exc:
+                raise errors.InvalidArgument(f"corrupt gzip stream: {exc}") from None
+            if not self._d.eof:
+                return
+            data = self._d.unused_data
+            self._d = _gzip_impl.decompressobj(wbits=31)
+            self._started = False
+
+
+def decode_gzip_members(read: ReadCompressed, on_member: MemberStart) -> Iterator[bytes]:
+    """Like ``decode("gzip", read)``, calling ``on_member`` at the start of every gzip member."""
+    gzip = _TrackedGzip(on_member)
+    while chunk := read(READ_CHUNK):
+        yield from gzip.feed(chunk)
+    gzip.finish()
 
 
 class _ZstdFrames:

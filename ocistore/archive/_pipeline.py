@@ -18,7 +18,7 @@ import threading
 from typing import BinaryIO
 
 from ocistore import errors
-from ocistore.archive._compression import NONE, UNKNOWN, decode, detect_compression
+from ocistore.archive._compression import GZIP, NONE, UNKNOWN, decode, decode_gzip_members, detect_compression
 from ocistore.oci.digest import Hasher, new_hasher
 
 __all__ = ["Pipeline"]
@@ -39,8 +39,12 @@ class Pipeline:
         diff_id_algorithm: str = "sha256",
         expected_size: int | None = None,
         blob_digest: bool = True,
+        member_offsets: frozenset[int] | None = None,
     ) -> None:
         self._stream = stream
+        # eStargz: where the gzip members starting at these compressed offsets begin uncompressed
+        self._member_offsets = member_offsets
+        self.members: dict[int, int] = {}
         self.compression = compression
         self._expected_size = expected_size
         # the compressed digest is optional: a blob verified when it was stored needs no second hash
@@ -149,7 +153,18 @@ class Pipeline:
             def read(n: int) -> bytes:
                 return pending.pop() if pending else self._read(n)
 
-            for piece in decode(compression, read):
+            wanted = self._member_offsets
+            if wanted is not None and compression == GZIP:
+                members = self.members
+
+                def on_member(compressed: int, uncompressed: int) -> None:
+                    if compressed in wanted:
+                        members[compressed] = uncompressed
+
+                pieces = decode_gzip_members(read, on_member)
+            else:
+                pieces = decode(compression, read)
+            for piece in pieces:
                 if not self._put(q, piece):
                     return
             self._put(q, _DONE)

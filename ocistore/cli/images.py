@@ -49,6 +49,23 @@ def _register_remote(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
     add_json_flag(p)
     p.set_defaults(func=pull.cmd_pull)
 
+    p = verbs.add_parser("convert", help="rewrite an image's layers as eStargz into a new image DST")
+    p.add_argument("--estargz", action="store_true", required=True,
+                   help="convert to eStargz (the only format; required, as with ctr-remote)")
+    p.add_argument("--estargz-prioritized-files", metavar="FILE", type=Path,
+                   help="file listing paths (one per line) to put first, before .prefetch.landmark")
+    p.add_argument("--estargz-chunk-size", metavar="BYTES", type=int, default=4 << 20,
+                   help="split regular files into chunks of this size (default 4 MiB)")
+    p.add_argument("--estargz-compression-level", metavar="N", type=int, default=9,
+                   help="gzip level 0-9 (default 9, as stargz-snapshotter)")
+    p.add_argument("--no-oci", dest="oci", action="store_false",
+                   help="keep Docker media types for a Docker image (default: write OCI, as ctr-remote --oci)")
+    pull.add_platform_argument(p)
+    add_json_flag(p)
+    p.add_argument("source", metavar="SRC")
+    p.add_argument("target", metavar="DST")
+    p.set_defaults(func=cmd_convert)
+
     p = verbs.add_parser("unpack", help="unpack a fetched image into a snapshotter; prints the top chain ID")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--rm", action="store_true",
@@ -191,6 +208,28 @@ def cmd_unpack(ctx: Context, args: argparse.Namespace) -> int:
         print_json(ctx.stdout, {"name": name, "snapshotter": args.snapshotter, "chain_id": chain_id})
     else:
         ctx.out(chain_id)
+    return 0
+
+
+def cmd_convert(ctx: Context, args: argparse.Namespace) -> int:
+    """``images convert --estargz SRC DST``: prints DST."""
+    prioritized = None
+    if args.estargz_prioritized_files is not None:
+        try:
+            text = args.estargz_prioritized_files.read_text()
+        except FileNotFoundError:
+            path = str(args.estargz_prioritized_files)
+            raise errors.NotFound(f"prioritized files list {path!r} does not exist") from None
+        prioritized = [line.strip() for line in text.splitlines() if line.strip()]
+    name = ctx.store.images.find(args.source).name
+    image = ctx.store.convert(name, "estargz", prioritized, dst=str(parse_reference(args.target)),
+                              chunk_size=args.estargz_chunk_size,
+                              compression_level=args.estargz_compression_level, platform=args.platform,
+                              oci=args.oci)
+    if ctx.json:
+        print_json(ctx.stdout, image_json(ctx.store, image))
+    else:
+        ctx.out(image.name)
     return 0
 
 

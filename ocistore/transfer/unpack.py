@@ -235,6 +235,7 @@ def _apply(job: _Job, i: int, key: str) -> None:
             stream, job.sn.path(key), media_type=layer.media_type, overlay=overlay,
             # the blob was verified when it was committed; the diffID check covers the bytes applied
             expected_diff_id=job.parts.diff_ids[i], blob_digest=False,
+            annotations=layer.annotations,  # eStargz: TOC, chunk digests and sizes checked too
             lower_dirs=job.sn.parents_paths(key) if overlay else (),
             progress=(lambda n: progress.emit(lref, layer.digest, "layer", "extracting", n, layer.size))
             if progress else None,
