@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyExists",
+    "Cancelled",
     "DigestMismatch",
     "Error",
     "FailedPrecondition",
@@ -43,6 +44,11 @@ class FailedPrecondition(Error):
 
 class Unavailable(Error):
     """The resource is busy (for example an ingest ref locked by another writer)."""
+
+
+class Cancelled(Error):
+    """The operation was cancelled by its caller (``cancel=`` event); what it downloaded is kept
+    as resumable ingests, and nothing half-done is committed."""
 
 
 class InvalidArgument(Error, ValueError):

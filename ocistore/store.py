@@ -31,7 +31,19 @@ if TYPE_CHECKING:
     from ocistore.metadata import gc
     from ocistore.metadata.gc import GCStats
     from ocistore.snapshots import Snapshotter
-    from ocistore.transfer import check, containers, convert, evict, exports, imports, inspect, pull, unpack, usage
+    from ocistore.transfer import (
+        check,
+        containers,
+        convert,
+        evict,
+        exports,
+        imports,
+        inspect,
+        pull,
+        unpack,
+        usage,
+        workers,
+    )
     from ocistore.transfer.check import CheckReport
     from ocistore.transfer.containers import Containers
     from ocistore.transfer.inspect import ImageInspection
@@ -53,6 +65,7 @@ else:
     pull = lazy_module("ocistore.transfer.pull")
     unpack = lazy_module("ocistore.transfer.unpack")
     usage = lazy_module("ocistore.transfer.usage")
+    workers = lazy_module("ocistore.transfer.workers")
 
 __all__ = ["Store", "validate_namespace"]
 
@@ -206,22 +219,29 @@ class Store:
         return opts
 
     def fetch(self, ref: str, platform: PlatformArg = None, strict: bool = True, all_platforms: bool = False,
-              progress: Callable[[ProgressEvent], None] | None = None, **options: Any) -> Image:
-        """Download an image's blobs and record it; nothing is unpacked."""
-        with self._ops.lease():
+              progress: Callable[[ProgressEvent], None] | None = None, cancel: threading.Event | None = None,
+              **options: Any) -> Image:
+        """Download an image's blobs and record it; nothing is unpacked.
+
+        Setting ``cancel`` (from any thread) stops the downloads within a chunk and raises
+        ``errors.Cancelled``; an interrupt (``KeyboardInterrupt``) stops them the same way.
+        Downloads stopped half-way are kept as ingests and resume on the next fetch.
+        """
+        with workers.cancellation(cancel), self._ops.lease():
             return pull.fetch(self._ops, ref, platform=platform, strict=strict, all_platforms=all_platforms,
                                progress=progress, registry=self._registry(options), **_rest(options))
 
     def pull(self, ref: str, snapshotter: str = "overlayfs", platform: PlatformArg = None,
-             progress: Callable[[ProgressEvent], None] | None = None, **options: Any) -> Image:
-        """Fetch and unpack (see ``unpack=`` for the size policy)."""
-        with self._ops.lease():
+             progress: Callable[[ProgressEvent], None] | None = None, cancel: threading.Event | None = None,
+             **options: Any) -> Image:
+        """Fetch and unpack (see ``unpack=`` for the size policy; ``cancel`` as for :meth:`fetch`)."""
+        with workers.cancellation(cancel), self._ops.lease():
             return pull.pull(self._ops, ref, snapshotter=snapshotter, platform=platform, progress=progress,
                               registry=self._registry(options), **_rest(options))
 
     def unpack(self, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
                progress: Callable[[ProgressEvent], None] | None = None, platform: PlatformArg = None,
-               remove: bool = False) -> str:
+               remove: bool = False, cancel: threading.Event | None = None) -> str:
         """Unpack a fetched image into ``snapshotter``; returns the top chain ID.
 
         ``remove=True`` does the opposite: it removes the snapshots only this image uses and
@@ -230,7 +250,7 @@ class Store:
         if remove:
             self.remove_unpacked(name, snapshotter=snapshotter, platform=platform)
             return _images.image_parts(self.content, self.images.find(name).target, platform).chain_id
-        with self._ops.lease():
+        with workers.cancellation(cancel), self._ops.lease():
             return unpack.unpack_image(self._ops, name, snapshotter=snapshotter, snapshot_labels=snapshot_labels,
                                 progress=progress, platform=platform)
 
@@ -255,9 +275,10 @@ class Store:
 
     def import_archive(self, path: str | os.PathLike[str], fetch_only: bool = False, platform: PlatformArg = None,
                        snapshotter: str = "overlayfs", all_platforms: bool = False,
-                       progress: Callable[[ProgressEvent], None] | None = None) -> list[Image]:
+                       progress: Callable[[ProgressEvent], None] | None = None,
+                       cancel: threading.Event | None = None) -> list[Image]:
         """Import an OCI layout (dir or tar) or a docker-archive; unpack unless ``fetch_only``."""
-        with self._ops.lease():
+        with workers.cancellation(cancel), self._ops.lease():
             return imports.import_archive(self._ops, path, fetch_only=fetch_only, platform=platform,
                                   snapshotter=snapshotter, all_platforms=all_platforms, progress=progress)
 

@@ -14,7 +14,6 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from ocistore import errors
@@ -27,6 +26,7 @@ from ocistore.oci.digest import EMPTY_DIGEST
 from ocistore.oci.mediatypes import kind_of
 from ocistore.oci.platform import PlatformArg, PlatformMatcher
 from ocistore.transfer.progress import Progress, ref_key
+from ocistore.transfer.workers import check_cancelled, worker_pool
 
 __all__ = ["Source", "fetch_graph", "fetch_blob"]
 
@@ -111,6 +111,7 @@ class _LabelledWriter:
         self._labels = labels
 
     def write(self, data: bytes, /) -> int:
+        check_cancelled()  # per chunk: an interrupted download stops here, its ingest kept
         return self._w.write(data)
 
     def status(self) -> IngestStatus:
@@ -199,7 +200,7 @@ def fetch_graph(
     if fetch_layers and layers:
         for layer in layers:
             progress.emit(ref_key("layer", layer.digest), layer.digest, "layer", "waiting", 0, layer.size)
-        with ThreadPoolExecutor(max_workers=max(1, min(max_concurrent, len(layers)))) as pool:
+        with worker_pool(min(max_concurrent, len(layers))) as pool:
             futures = [pool.submit(_fetch_layer, content, source, d, progress) for d in layers]
             for f in futures:
                 f.result()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ocistore import errors
@@ -32,6 +31,7 @@ from ocistore.transfer.fetch import fetch_blob, fetch_graph
 from ocistore.transfer.progress import Progress, ProgressEvent
 from ocistore.transfer.sources import RegistrySource
 from ocistore.transfer.unpack import first_missing_layer, unpack_parts
+from ocistore.transfer.workers import worker_pool
 
 if TYPE_CHECKING:
     from ocistore import remotes
@@ -132,7 +132,7 @@ def _unpack_streaming(
               if (i >= start or keep_blobs) and not ctx.content.exists(d.digest)]
     for d in needed:
         prog.emit(f"layer-{d.digest}", d.digest, "layer", "waiting", 0, d.size)
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(needed) or 1))) as pool:
+    with worker_pool(min(parallel, len(needed) or 1)) as pool:
         futures = {d.digest: pool.submit(fetch_blob, ctx.content, source, d, prog) for d in needed}
 
         def layer_ready(desc: Descriptor) -> None:

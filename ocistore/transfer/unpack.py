@@ -17,7 +17,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 import attrs
 
@@ -32,6 +32,7 @@ from ocistore.oci.platform import PlatformArg
 from ocistore.snapshots.types import Kind, SnapshotInfo, Snapshotter
 from ocistore.transfer.context import OperationContext
 from ocistore.transfer.progress import Progress, ProgressEvent, ref_key
+from ocistore.transfer.workers import check_cancelled, worker_pool
 
 __all__ = ["first_missing_layer", "is_unpacked", "snapshot_labels_for", "unpack_image", "unpack_parts"]
 
@@ -237,10 +238,16 @@ def _apply(job: _Job, i: int, key: str) -> None:
             expected_diff_id=job.parts.diff_ids[i], blob_digest=False,
             annotations=layer.annotations,  # eStargz: TOC, chunk digests and sizes checked too
             lower_dirs=job.sn.parents_paths(key) if overlay else (),
-            progress=(lambda n: progress.emit(lref, layer.digest, "layer", "extracting", n, layer.size))
-            if progress else None,
+            progress=lambda n: _applied(progress, lref, layer, n),
         )
     progress.emit(lref, layer.digest, "layer", "extracted", layer.size, layer.size)
+
+
+def _applied(progress: Progress, lref: str, layer: Descriptor, n: int) -> None:
+    """Per chunk applied: stop if the operation was interrupted, else report the offset."""
+    check_cancelled()
+    if progress:
+        progress.emit(lref, layer.digest, "layer", "extracting", n, layer.size)
 
 
 @contextlib.contextmanager
@@ -293,7 +300,7 @@ def _unpack_parallel(job: _Job, start: int) -> None:
             p = _prepare(job, i, "")
             if p is not None:
                 prepared[i] = p
-        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_APPLY, max(1, len(prepared)))) as pool:
+        with worker_pool(min(MAX_PARALLEL_APPLY, len(prepared))) as pool:
             futures: dict[int, Future[None]] = {
                 i: pool.submit(_apply, job, i, key) for i, (key, _l) in prepared.items()
             }
