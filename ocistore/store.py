@@ -23,9 +23,11 @@ from ocistore.metadata.gc import GCStats, collect
 from ocistore.metadata.images import Image, ImageStore
 from ocistore.metadata.labels import validate_labels
 from ocistore.metadata.leases import Lease, LeaseManager, lease_context
+from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.platform import PlatformArg
 from ocistore.snapshots import Snapshotter, open_snapshotter
 from ocistore.transfer import pull as _pull
+from ocistore.transfer import push as _push
 from ocistore.transfer.check import CheckReport, check
 from ocistore.transfer.containers import Containers
 from ocistore.transfer.context import OperationContext
@@ -186,6 +188,18 @@ class Store:
         with self._ops.lease():
             return _pull.pull(self._ops, ref, snapshotter=snapshotter, platform=platform, progress=progress,
                               registry=self._registry(options), **_rest(options))
+
+    def push(self, name: str, ref: str, platform: PlatformArg = None, all_platforms: bool = False,
+             progress: Callable[[ProgressEvent], None] | None = None, **options: Any) -> Descriptor:
+        """Upload the image ``name`` to the registry reference ``ref``; returns what the tag names.
+
+        The whole image by default (FailedPrecondition if a blob it needs is not in the store),
+        or only ``platform``'s manifest, config and layers (the tag then names that manifest).
+        Also takes ``strict``, ``chunk_size``, ``mount_from``, ``max_concurrent`` and the
+        registry options.
+        """
+        return _push.push(self._ops, name, ref, platform=platform, all_platforms=all_platforms,
+                          progress=progress, registry=self._registry(options), **_rest(options))
 
     def unpack(self, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
                progress: Callable[[ProgressEvent], None] | None = None, platform: PlatformArg = None) -> str:

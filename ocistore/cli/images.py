@@ -49,6 +49,11 @@ def _register_remote(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
     add_json_flag(p)
     p.set_defaults(func=pull.cmd_pull)
 
+    p = verbs.add_parser("push", help="upload an image from the store to a registry")
+    pull.add_push_arguments(p)
+    add_json_flag(p)
+    p.set_defaults(func=pull.cmd_push)
+
     p = verbs.add_parser("unpack", help="unpack a fetched image into a snapshotter; prints the top chain ID")
     p.add_argument("name", metavar="NAME")
     pull.add_snapshotter_argument(p)
