@@ -9,10 +9,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ocistore import errors
 from ocistore._files import remove_tree
+from ocistore._lazy import lazy_module
 from ocistore.content.local import LocalStore
 from ocistore.images.image import image_size
 from ocistore.layout import RootLayout
@@ -36,6 +37,11 @@ from ocistore.transfer.imports import import_archive
 from ocistore.transfer.progress import ProgressEvent
 from ocistore.transfer.unpack import is_unpacked, unpack_image
 from ocistore.transfer.usage import DiskUsage, disk_usage
+
+if TYPE_CHECKING:
+    from ocistore import server
+else:
+    server = lazy_module("ocistore.server")  # http.server and ssl load when a store first serves
 
 __all__ = ["Store"]
 
@@ -200,6 +206,21 @@ class Store:
         """
         return _push.push(self._ops, name, ref, platform=platform, all_platforms=all_platforms,
                           progress=progress, registry=self._registry(options), **_rest(options))
+
+    def serve(self, listen: str = "127.0.0.1:5000", upstream: str | None = None, *, workers: int = 16,
+              queue_size: int = 64, timeout: float = 30.0, keepalive: float = 5.0, tls_cert: str | None = None,
+              tls_key: str | None = None, credentials: server.CredentialsCheck | None = None,
+              default_registry: str | None = None, access_log: bool = False) -> server.Server:
+        """A server of this namespace's images over the OCI distribution API (read side); not started.
+
+        ``with store.serve("127.0.0.1:0") as srv:`` starts it (``srv.address``, ``srv.url``)
+        and stops it. ``credentials`` (``{"user": "password"}`` or a check function) turns
+        on read-only basic auth; ``tls_cert``/``tls_key`` on HTTPS; ``default_registry`` is
+        the registry a request without ``?ns=`` means. Keep the store open while serving.
+        """
+        return server.Server(self._ops, listen, upstream, workers=workers, queue_size=queue_size,
+                             timeout=timeout, keepalive=keepalive, tls_cert=tls_cert, tls_key=tls_key,
+                             credentials=credentials, default_registry=default_registry, access_log=access_log)
 
     def unpack(self, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
                progress: Callable[[ProgressEvent], None] | None = None, platform: PlatformArg = None) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ocistore import __version__, errors
-from ocistore.cli import containers, content, images, leases, maintenance, snapshots
+from ocistore.cli import containers, content, images, leases, maintenance, serve, snapshots
 from ocistore.cli.context import Context, UsageError
 
 __all__ = ["build_parser", "default_root", "main"]
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--version", action="version", version=f"ocistore {__version__}")
     sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-    for module in (content, images, snapshots, containers, leases, maintenance):
+    for module in (content, images, snapshots, containers, leases, maintenance, serve):
         module.register(sub)
     return parser
 
