@@ -216,11 +216,14 @@ class Store:
         ``with store.serve("127.0.0.1:0") as srv:`` starts it (``srv.address``, ``srv.url``)
         and stops it. ``credentials`` (``{"user": "password"}`` or a check function) turns
         on read-only basic auth; ``tls_cert``/``tls_key`` on HTTPS; ``default_registry`` is
-        the registry a request without ``?ns=`` means. Keep the store open while serving.
+        the registry a request without ``?ns=`` means. ``upstream`` (a registry host or URL)
+        pulls what the store lacks through from that registry, reached with the store's
+        registry options. Keep the store open while serving.
         """
         return server.Server(self._ops, listen, upstream, workers=workers, queue_size=queue_size,
                              timeout=timeout, keepalive=keepalive, tls_cert=tls_cert, tls_key=tls_key,
-                             credentials=credentials, default_registry=default_registry, access_log=access_log)
+                             credentials=credentials, default_registry=default_registry, access_log=access_log,
+                             registry=self.registry_options)
 
     def unpack(self, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
                progress: Callable[[ProgressEvent], None] | None = None, platform: PlatformArg = None) -> str:

@@ -104,6 +104,11 @@ class Peer:
             raise AssertionError(f"ctr {' '.join(map(str, args))} failed: {proc.stderr[-2000:]}")
         return proc.stdout
 
+    def restart_empty(self) -> None:
+        """Wipe the root (every namespace's content) and start again."""
+        _run(PEER_SCRIPT, "wipe", "--dir", self.dir)
+        _run(PEER_SCRIPT, "start", "--dir", self.dir)
+
     def image_digest(self, ref: str, namespace: str) -> str:
         for line in self.ctr("images", "ls", namespace=namespace).splitlines()[1:]:
             fields = line.split()
@@ -162,6 +167,7 @@ def test_containerd_pulls_through_ocistore_serve(peer: Peer, mirror: tuple[Any, 
     ref = registry_plain.ref("debian:gzip")
     # only the mirror works: the upstream named in hosts.toml is a dead port
     hosts = _hosts_dir(tmp_path, registry_plain, srv.url, "http://127.0.0.1:1")
+    peer.restart_empty()  # no blob of an earlier pull in containerd: every byte comes from the server
     before = srv.stats.snapshot()
     peer.ctr("images", "pull", "--hosts-dir", hosts, ref, namespace="via-mirror")
     after = srv.stats.snapshot()
@@ -212,3 +218,25 @@ def test_containerd_falls_through_to_the_upstream_for_what_the_store_lacks(
     assert peer.image_digest(ref, "fallthrough") == entry["digest"]
     after = srv.stats.snapshot()
     assert after.get("status_404", 0) > before.get("status_404", 0)  # the mirror said "not here" first
+
+
+@pytest.mark.containerd
+@pytest.mark.registry
+@pytest.mark.root
+def test_containerd_pulls_through_an_empty_store(peer: Peer, registry_plain: Registry, corpus: dict[str, Any],
+                                                 tmp_path: Path) -> None:
+    """serve(upstream=...): containerd's only working host is the mirror, which fetches from the upstream."""
+    entry = corpus["images"]["app:layers"]
+    ref = registry_plain.ref("app:layers")
+    peer.restart_empty()  # containerd shares blobs across namespaces: earlier pulls must not be there
+    with Store(tmp_path / "cache") as store, store.serve("127.0.0.1:0", upstream=registry_plain.address) as srv:
+        hosts = _hosts_dir(tmp_path, registry_plain, srv.url, "http://127.0.0.1:1")
+        peer.ctr("images", "pull", "--hosts-dir", hosts, ref, namespace="pull-through")
+        peer.ctr("images", "pull", "--plain-http", ref, namespace="pull-direct")
+        assert peer.image_digest(ref, "pull-through") == peer.image_digest(ref, "pull-direct") == entry["digest"]
+        assert peer.snapshots("pull-through") == peer.snapshots("pull-direct")
+        assert entry["chain_id"] in peer.snapshots("pull-through")
+        # the store now holds the image as a fetch would have left it
+        assert store.images.get(ref).target.digest == entry["digest"]
+        assert {i.digest for i in store.content.walk()} == peer.content("pull-through")
+        assert store.check().ok

@@ -23,8 +23,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                    "distribution API, e.g. as a containerd mirror (see --print-hosts-toml).")
     p.add_argument("--listen", default="127.0.0.1:5000", metavar="HOST:PORT",
                    help="address to listen on (default: 127.0.0.1:5000; port 0 picks a free one)")
-    p.add_argument("--upstream", metavar="HOST",
-                   help="the registry this server mirrors (for --print-hosts-toml; default docker.io there)")
+    p.add_argument("--upstream", metavar="HOST|URL",
+                   help="pull what the store lacks through from this registry (docker.io, 127.0.0.1:5100, "
+                        "https://host:port); also the upstream of --print-hosts-toml (default docker.io there)")
     p.add_argument("--default-registry", metavar="HOST",
                    help="registry meant by requests without ?ns= (default: match the repository path in any)")
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM, may hold the key)")
@@ -99,16 +100,18 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
         "tls_cert": args.tls_cert, "tls_key": args.tls_key, "credentials": credentials,
         "default_registry": args.default_registry, "access_log": args.access_log,
     }
-    server = ctx.store.serve(args.listen, None, **options)
+    server = ctx.store.serve(args.listen, args.upstream, **options)
     with _server_logging(args.access_log):
         server.start()
         previous = _on_sigterm()
         try:
             if ctx.json:
                 print_json(ctx.stdout, {"address": server.address, "url": server.url, "root": str(ctx.store.root),
-                                        "namespace": ctx.store.namespace})
+                                        "namespace": ctx.store.namespace, "upstream": args.upstream})
             else:
-                ctx.out(f"serving {ctx.store.root} (namespace {ctx.store.namespace}) at {server.url}, read-only")
+                through = f", pulling through from {args.upstream}" if args.upstream else ""
+                ctx.out(f"serving {ctx.store.root} (namespace {ctx.store.namespace}) at {server.url}, "
+                        f"read-only{through}")
             ctx.stdout.flush()
             server.serve_forever()
         except KeyboardInterrupt:

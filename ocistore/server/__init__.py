@@ -9,19 +9,23 @@ with store.serve(listen="127.0.0.1:0") as server:
 * :mod:`ocistore.server.names` -- which image records a repository name (and ``?ns=``) means;
 * :mod:`ocistore.server.ranges` -- ``Range`` requests;
 * :mod:`ocistore.server.httpd` -- the bounded threaded HTTP/1.1 server and its limits;
+* :mod:`ocistore.server.pullthrough` -- fetching misses from an upstream registry;
 * :mod:`ocistore.server.hoststoml` -- a containerd ``hosts.toml`` naming the server a mirror.
 """
 
 from __future__ import annotations
 
-from ocistore import errors
+from collections.abc import Mapping
+from typing import Any
+
 from ocistore.server.app import CredentialsCheck, RegistryApp, Request, Response
 from ocistore.server.hoststoml import hosts_toml
 from ocistore.server.httpd import HTTPServer, parse_listen
+from ocistore.server.pullthrough import PullThrough, UpstreamFailed
 from ocistore.transfer.context import OperationContext
 
-__all__ = ["CredentialsCheck", "HTTPServer", "RegistryApp", "Request", "Response", "Server", "hosts_toml",
-           "parse_listen"]
+__all__ = ["CredentialsCheck", "HTTPServer", "PullThrough", "RegistryApp", "Request", "Response", "Server",
+           "UpstreamFailed", "hosts_toml", "parse_listen"]
 
 
 class Server(HTTPServer):
@@ -37,16 +41,22 @@ class Server(HTTPServer):
         self, ctx: OperationContext, listen: str = "127.0.0.1:5000", upstream: str | None = None, *,
         workers: int = 16, queue_size: int = 64, timeout: float = 30.0, keepalive: float = 5.0,
         tls_cert: str | None = None, tls_key: str | None = None, credentials: CredentialsCheck | None = None,
-        default_registry: str | None = None, access_log: bool = False,
+        default_registry: str | None = None, access_log: bool = False, registry: Mapping[str, Any] | None = None,
     ) -> None:
-        """Serve the namespace of ``ctx``; see :class:`HTTPServer` for the limits."""
-        if upstream is not None:
-            raise errors.NotImplementedKind(
-                "serve(upstream=...): pulling through to an upstream registry is not implemented yet; "
-                "fetch the images into the store first"
-            )
+        """Serve the namespace of ``ctx``; see :class:`HTTPServer` for the limits.
+
+        ``upstream`` (a registry host or URL) pulls what the store lacks through from that
+        registry (:mod:`ocistore.server.pullthrough`), reached with the ``registry`` options.
+        """
         self.namespace = ctx.namespace
+        self.pull_through = PullThrough(ctx, upstream, registry) if upstream is not None else None
         self.registry = RegistryApp(ctx.content, ctx.images, credentials=credentials,
-                                    default_registry=default_registry)
+                                    default_registry=default_registry, pull_through=self.pull_through)
         super().__init__(self.registry.handle, listen, workers=workers, queue_size=queue_size, timeout=timeout,
                          keepalive=keepalive, tls_cert=tls_cert, tls_key=tls_key, access_log=access_log)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving (see :meth:`HTTPServer.stop`) and close the upstream connections."""
+        super().stop(timeout)
+        if self.pull_through is not None:
+            self.pull_through.close()

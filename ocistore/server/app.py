@@ -47,6 +47,7 @@ from ocistore.oci.digest import validate_digest
 from ocistore.oci.manifest import MAX_MANIFEST_SIZE, detect_media_type
 from ocistore.oci.reference import validate_domain, validate_repository, validate_tag
 from ocistore.server.names import find_repository
+from ocistore.server.pullthrough import PullThrough, UpstreamFailed
 from ocistore.server.ranges import RangeNotSatisfiable, parse_range
 
 __all__ = ["API_VERSION", "CredentialsCheck", "RegistryApp", "Request", "Response", "error_response"]
@@ -64,6 +65,7 @@ _ROUTE = re.compile(
     r"/v2/(?P<name>[^?#]+?)/(?:(?P<kind>manifests|blobs)/(?P<ref>[^/]+)|(?P<tags>tags/list))\Z"
 )
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
 
 
 @attrs.frozen
@@ -127,14 +129,23 @@ class RegistryApp:
     """Answers distribution-API requests from a content provider and image records."""
 
     def __init__(self, content: Provider, images: ImageStore, *, credentials: CredentialsCheck | None = None,
-                 default_registry: str | None = None, realm: str = "ocistore") -> None:
-        """Serve ``content`` and ``images``; ``credentials`` turns on read-only basic auth."""
+                 default_registry: str | None = None, realm: str = "ocistore",
+                 pull_through: PullThrough | None = None) -> None:
+        """Serve ``content`` and ``images``; ``credentials`` turns on read-only basic auth.
+
+        With ``pull_through``, misses of requests meant for its upstream are fetched from it
+        (and requests without ``?ns=`` mean that registry unless ``default_registry`` says
+        otherwise).
+        """
         if default_registry is not None:
             validate_domain(default_registry)
+        if default_registry is None and pull_through is not None:
+            default_registry = pull_through.domain
         self.content = content
         self.images = images
         self.credentials = credentials
         self.default_registry = default_registry
+        self.pull_through = pull_through
         self.realm = realm
         self._media: OrderedDict[str, str] = OrderedDict()
         self._media_lock = threading.Lock()
@@ -149,6 +160,9 @@ class RegistryApp:
             return error_response(500, "UNKNOWN", "stored content failed verification; run ocistore check")
         except errors.Error as exc:
             log.error("%s %s: %s", req.method, req.target[:200], exc)
+            return error_response(500, "UNKNOWN", "internal error")
+        except Exception:  # a bug or an I/O error of the store: the client gets a 500, the log the traceback
+            log.exception("%s %s", req.method, req.target[:200])
             return error_response(500, "UNKNOWN", "internal error")
 
     def _handle(self, req: Request) -> Response:
@@ -186,9 +200,13 @@ class RegistryApp:
         if m.group("tags"):
             return self._tags(name, ns, params)
         ref = m.group("ref")
-        if m.group("kind") == "blobs":
-            return self._blob(req, ref)
-        return self._manifest(req, name, ref, ns)
+        try:
+            if m.group("kind") == "blobs":
+                return self._blob(req, name, ref, ns)
+            return self._manifest(req, name, ref, ns)
+        except UpstreamFailed as exc:
+            log.warning("%s", exc)
+            return error_response(502, "UNKNOWN", "the upstream registry failed", {"reason": str(exc)[:500]})
 
     def _authorized(self, req: Request) -> bool:
         if self.credentials is None:
@@ -218,6 +236,11 @@ class RegistryApp:
             except errors.InvalidArgument:
                 return error_response(400, "DIGEST_INVALID", "invalid digest", {"digest": ref[:200]})
             found = self._manifest_by_digest(digest)
+            pt = self._pulls_through(ns)
+            if found is None and pt is not None:
+                with pt.lease():
+                    if pt.manifest(name, digest):
+                        found = self._manifest_by_digest(digest)
             if found is None:
                 return error_response(404, "MANIFEST_UNKNOWN", "manifest unknown", {"digest": digest})
             data, media_type = found
@@ -227,6 +250,11 @@ class RegistryApp:
             except errors.InvalidArgument:
                 return error_response(400, "TAG_INVALID", "invalid tag", {"tag": ref[:200]})
             repo = find_repository(self.images, name, ns, self.default_registry)
+            pt = self._pulls_through(ns)
+            if pt is not None and not repo.has(ref):
+                with pt.lease():
+                    if pt.tag(name, ref):
+                        repo = find_repository(self.images, name, ns, self.default_registry)
             if not repo.exists:
                 return error_response(404, "NAME_UNKNOWN", "repository name not known to registry",
                                       {"name": name, **({"ns": ns} if ns else {})})
@@ -244,6 +272,10 @@ class RegistryApp:
         if _etag_matches(req.headers.get("If-None-Match"), etag):
             return Response(304, headers)
         return Response(200, [("Content-Type", media_type), *headers], data)
+
+    def _pulls_through(self, ns: str | None) -> PullThrough | None:
+        pt = self.pull_through
+        return pt if pt is not None and pt.covers(ns) else None
 
     def _manifest_by_digest(self, digest: str) -> tuple[bytes, str] | None:
         try:
@@ -269,11 +301,19 @@ class RegistryApp:
         return data, media_type
 
     # -- blobs -----------------------------------------------------------------------------------
-    def _blob(self, req: Request, ref: str) -> Response:
+    def _blob(self, req: Request, name: str, ref: str, ns: str | None) -> Response:
         try:
             digest = validate_digest(ref)
         except errors.InvalidArgument:
             return error_response(400, "DIGEST_INVALID", "invalid digest", {"digest": ref[:200]})
+        pt = self._pulls_through(ns)
+        if pt is not None and not self.content.exists(digest):
+            with pt.lease():  # held until the file is open: a concurrent gc cannot take the blob first
+                pt.blob(name, ns, digest)
+                return self._blob_local(req, digest)
+        return self._blob_local(req, digest)
+
+    def _blob_local(self, req: Request, digest: str) -> Response:
         unknown = error_response(404, "BLOB_UNKNOWN", "blob unknown to registry", {"digest": digest})
         try:
             info = self.content.info(digest)

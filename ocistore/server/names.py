@@ -57,6 +57,10 @@ class Repository:
         """Whether any image record matched."""
         return bool(self.entries)
 
+    def has(self, tag: str) -> bool:
+        """Whether any matched record has ``tag``."""
+        return any(e.tag == tag for e in self.entries)
+
     def tags(self) -> list[str]:
         """Every tag, sorted lexically (the distribution spec's order), each once."""
         return sorted({e.tag for e in self.entries})
