@@ -210,7 +210,8 @@ class Store:
     def serve(self, listen: str = "127.0.0.1:5000", upstream: str | None = None, *, workers: int = 16,
               queue_size: int = 64, timeout: float = 30.0, keepalive: float = 5.0, tls_cert: str | None = None,
               tls_key: str | None = None, credentials: server.CredentialsCheck | None = None,
-              default_registry: str | None = None, access_log: bool = False) -> server.Server:
+              default_registry: str | None = None, access_log: bool = False,
+              allow_push: bool = False) -> server.Server:
         """A server of this namespace's images over the OCI distribution API (read side); not started.
 
         ``with store.serve("127.0.0.1:0") as srv:`` starts it (``srv.address``, ``srv.url``)
@@ -218,12 +219,13 @@ class Store:
         on read-only basic auth; ``tls_cert``/``tls_key`` on HTTPS; ``default_registry`` is
         the registry a request without ``?ns=`` means. ``upstream`` (a registry host or URL)
         pulls what the store lacks through from that registry, reached with the store's
-        registry options. Keep the store open while serving.
+        registry options. ``allow_push`` also accepts pushes into this namespace (from
+        whoever passes ``credentials``). Keep the store open while serving.
         """
         return server.Server(self._ops, listen, upstream, workers=workers, queue_size=queue_size,
                              timeout=timeout, keepalive=keepalive, tls_cert=tls_cert, tls_key=tls_key,
                              credentials=credentials, default_registry=default_registry, access_log=access_log,
-                             registry=self.registry_options)
+                             registry=self.registry_options, allow_push=allow_push)
 
     def unpack(self, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
                progress: Callable[[ProgressEvent], None] | None = None, platform: PlatformArg = None) -> str:

@@ -240,3 +240,23 @@ def test_containerd_pulls_through_an_empty_store(peer: Peer, registry_plain: Reg
         assert store.images.get(ref).target.digest == entry["digest"]
         assert {i.digest for i in store.content.walk()} == peer.content("pull-through")
         assert store.check().ok
+
+
+@pytest.mark.containerd
+@pytest.mark.registry
+@pytest.mark.root
+def test_containerd_pushes_into_a_served_store(peer: Peer, registry_plain: Registry, corpus: dict[str, Any],
+                                               tmp_path: Path) -> None:
+    entry = corpus["images"]["debian:gzip"]
+    local = registry_plain.ref("debian:gzip")
+    peer.ctr("images", "pull", "--plain-http", local, namespace="push-source")
+    with Store(tmp_path / "pushed") as store, store.serve("127.0.0.1:0", allow_push=True) as srv:
+        remote = f"{srv.address}/ctr/debian:gzip"
+        peer.ctr("images", "push", "--plain-http", remote, local, namespace="push-source")
+        assert store.images.get(remote).target.digest == entry["digest"]
+        assert {i.digest for i in store.content.walk()} == {
+            entry["digest"], entry["config"]["digest"], *(layer["digest"] for layer in entry["layers"])}
+        assert store.check().ok
+        # and containerd pulls it back from there
+        peer.ctr("images", "pull", "--plain-http", remote, namespace="push-back")
+        assert peer.image_digest(remote, "push-back") == entry["digest"]

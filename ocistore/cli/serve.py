@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     p.add_argument("--user", "-u", metavar="USER[:PASSWORD]",
                    help="require basic auth for this user (read-only); the password is read from stdin if absent")
+    p.add_argument("--allow-push", action="store_true",
+                   help="accept pushes into the namespace (from whoever passes --user, or anyone without it)")
     p.add_argument("--workers", type=int, default=16, metavar="N", help="worker threads (default: 16)")
     p.add_argument("--queue", type=int, default=64, metavar="N",
                    help="connections waiting for a worker before new ones get 429 (default: 64)")
@@ -98,7 +100,7 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "workers": args.workers, "queue_size": args.queue, "timeout": args.timeout, "keepalive": args.keepalive,
         "tls_cert": args.tls_cert, "tls_key": args.tls_key, "credentials": credentials,
-        "default_registry": args.default_registry, "access_log": args.access_log,
+        "default_registry": args.default_registry, "access_log": args.access_log, "allow_push": args.allow_push,
     }
     server = ctx.store.serve(args.listen, args.upstream, **options)
     with _server_logging(args.access_log):
@@ -109,9 +111,10 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
                 print_json(ctx.stdout, {"address": server.address, "url": server.url, "root": str(ctx.store.root),
                                         "namespace": ctx.store.namespace, "upstream": args.upstream})
             else:
+                mode = "accepting pushes" if args.allow_push else "read-only"
                 through = f", pulling through from {args.upstream}" if args.upstream else ""
                 ctx.out(f"serving {ctx.store.root} (namespace {ctx.store.namespace}) at {server.url}, "
-                        f"read-only{through}")
+                        f"{mode}{through}")
             ctx.stdout.flush()
             server.serve_forever()
         except KeyboardInterrupt:

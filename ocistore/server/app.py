@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import io
 import json
 import logging
 import os
@@ -49,8 +50,9 @@ from ocistore.oci.reference import validate_domain, validate_repository, validat
 from ocistore.server.names import find_repository
 from ocistore.server.pullthrough import PullThrough, UpstreamFailed
 from ocistore.server.ranges import RangeNotSatisfiable, parse_range
+from ocistore.server.uploads import Body, UploadError, Uploads
 
-__all__ = ["API_VERSION", "CredentialsCheck", "RegistryApp", "Request", "Response", "error_response"]
+__all__ = ["API_VERSION", "BadBody", "CredentialsCheck", "RegistryApp", "Request", "Response", "error_response"]
 
 log = logging.getLogger("ocistore.server")
 
@@ -62,10 +64,15 @@ CredentialsCheck = Mapping[str, str] | Callable[[str, str], bool]
 """``{"user": "password"}`` or ``(user, password) -> bool``."""
 
 _ROUTE = re.compile(
-    r"/v2/(?P<name>[^?#]+?)/(?:(?P<kind>manifests|blobs)/(?P<ref>[^/]+)|(?P<tags>tags/list))\Z"
+    r"/v2/(?P<name>[^?#]+?)/(?:blobs/uploads/(?P<uploads>[^/]*)|(?P<kind>manifests|blobs)/(?P<ref>[^/]+)"
+    r"|(?P<tags>tags/list))\Z"
 )
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
+
+
+class BadBody(Exception):
+    """The request body is malformed (a bad chunk header) or ended early: the transport answers 400."""
 
 
 @attrs.frozen
@@ -76,6 +83,7 @@ class Request:
     target: str
     headers: Message = attrs.field(factory=Message)
     client: str = ""
+    body: Body = attrs.field(factory=lambda: io.BytesIO(b""))
 
 
 @attrs.define
@@ -130,12 +138,12 @@ class RegistryApp:
 
     def __init__(self, content: Provider, images: ImageStore, *, credentials: CredentialsCheck | None = None,
                  default_registry: str | None = None, realm: str = "ocistore",
-                 pull_through: PullThrough | None = None) -> None:
+                 pull_through: PullThrough | None = None, uploads: Uploads | None = None) -> None:
         """Serve ``content`` and ``images``; ``credentials`` turns on read-only basic auth.
 
         With ``pull_through``, misses of requests meant for its upstream are fetched from it
         (and requests without ``?ns=`` mean that registry unless ``default_registry`` says
-        otherwise).
+        otherwise). With ``uploads``, pushes are accepted (see :mod:`ocistore.server.uploads`).
         """
         if default_registry is not None:
             validate_domain(default_registry)
@@ -146,6 +154,7 @@ class RegistryApp:
         self.credentials = credentials
         self.default_registry = default_registry
         self.pull_through = pull_through
+        self.uploads = uploads
         self.realm = realm
         self._media: OrderedDict[str, str] = OrderedDict()
         self._media_lock = threading.Lock()
@@ -155,6 +164,8 @@ class RegistryApp:
         """The answer to ``req`` (never raises for a condition a client can cause)."""
         try:
             return self._handle(req)
+        except BadBody:
+            raise
         except errors.DigestMismatch as exc:
             log.error("%s", exc)
             return error_response(500, "UNKNOWN", "stored content failed verification; run ocistore check")
@@ -172,9 +183,9 @@ class RegistryApp:
         if not self._authorized(req):
             challenge = ("WWW-Authenticate", f'Basic realm="{self.realm}"')
             return error_response(401, "UNAUTHORIZED", "authentication required", headers=[challenge])
-        if req.method in _WRITE_METHODS:
+        if req.method in _WRITE_METHODS and self.uploads is None:
             return error_response(405, "UNSUPPORTED", "this registry is read-only", headers=[("Allow", "GET, HEAD")])
-        if req.method not in ("GET", "HEAD"):
+        if req.method not in ("GET", "HEAD") and req.method not in _WRITE_METHODS:
             return error_response(405, "UNSUPPORTED", f"method {req.method} is not supported",
                                   headers=[("Allow", "GET, HEAD")])
         if path in ("/v2", "/v2/"):
@@ -197,6 +208,13 @@ class RegistryApp:
                 validate_domain(ns)
             except errors.InvalidArgument:
                 return error_response(400, "NAME_INVALID", "invalid ns (registry host)", {"ns": ns[:300]})
+        if self.uploads is not None and (m.group("uploads") is not None or req.method in _WRITE_METHODS):
+            try:
+                return self._write(req, name, m, params)
+            except UploadError as exc:
+                return error_response(exc.status, exc.code, str(exc), exc.detail)
+        if m.group("uploads") is not None:
+            return error_response(404, "NOT_FOUND", "no such endpoint")
         if m.group("tags"):
             return self._tags(name, ns, params)
         ref = m.group("ref")
@@ -350,6 +368,82 @@ class RegistryApp:
             f.close()
             raise
 
+    # -- writes (allow_push) ---------------------------------------------------------------------
+    def _write(self, req: Request, name: str, m: re.Match[str], params: Mapping[str, list[str]]) -> Response:
+        uploads = self.uploads
+        assert uploads is not None
+        method, sid = req.method, m.group("uploads")
+        if sid is None:  # a write to manifests/<ref> or blobs/<digest>
+            if method == "PUT" and m.group("kind") == "manifests":
+                return self._put_manifest(req, name, m.group("ref"))
+            return error_response(405, "UNSUPPORTED", "deleting is not supported", headers=[("Allow", "GET, HEAD")])
+        if sid == "":
+            if method != "POST":
+                return error_response(405, "UNSUPPORTED", f"{method} of the upload endpoint",
+                                      headers=[("Allow", "POST")])
+            return self._start_upload(req, name, params)
+        session = uploads.get(name, sid)
+        location = f"/v2/{name}/blobs/uploads/{session.id}"
+        if method in ("GET", "HEAD"):
+            return _upload_status(204, location, session.id, uploads.offset(session))
+        if method == "DELETE":
+            uploads.cancel(session)
+            return Response(204)
+        if method == "PATCH":
+            start = _content_range_start(req.headers.get("Content-Range"))
+            offset = uploads.append(session, req.body, start)
+            return _upload_status(202, location, session.id, offset)
+        if method == "PUT":
+            digest = self._digest_param(params)
+            uploads.finish(session, digest, req.body)
+            return _created(f"/v2/{name}/blobs/{digest}", digest)
+        return error_response(405, "UNSUPPORTED", f"{method} of an upload", headers=[("Allow", "PATCH, PUT")])
+
+    def _digest_param(self, params: Mapping[str, list[str]], key: str = "digest") -> str:
+        value = _first(params, key)
+        try:
+            return validate_digest(value)
+        except errors.InvalidArgument:
+            detail = {key: (value or "")[:200]}
+            raise UploadError(400, "DIGEST_INVALID", f"invalid or missing ?{key}=", detail) from None
+
+    def _start_upload(self, req: Request, name: str, params: Mapping[str, list[str]]) -> Response:
+        uploads = self.uploads
+        assert uploads is not None
+        if _first(params, "mount") is not None:
+            digest = self._digest_param(params, "mount")
+            if uploads.mount(digest):
+                return _created(f"/v2/{name}/blobs/{digest}", digest)
+        if _first(params, "digest") is not None:
+            digest = self._digest_param(params)
+            uploads.monolithic(name, digest, req.body)
+            return _created(f"/v2/{name}/blobs/{digest}", digest)
+        session = uploads.start(name)
+        return _upload_status(202, f"/v2/{name}/blobs/uploads/{session.id}", session.id, 0)
+
+    def _put_manifest(self, req: Request, name: str, ref: str) -> Response:
+        uploads = self.uploads
+        assert uploads is not None
+        if ":" in ref:
+            try:
+                validate_digest(ref)
+            except errors.InvalidArgument:
+                return error_response(400, "DIGEST_INVALID", "invalid digest", {"digest": ref[:200]})
+        else:
+            try:
+                validate_tag(ref)
+            except errors.InvalidArgument:
+                return error_response(400, "TAG_INVALID", "invalid tag", {"tag": ref[:200]})
+        registry = self.default_registry or (req.headers.get("Host") or "").strip()
+        try:
+            validate_domain(registry)
+        except errors.InvalidArgument:
+            return error_response(400, "NAME_INVALID", "no registry name for the image: send a Host header")
+        desc = uploads.put_manifest(name, ref, req.headers.get("Content-Type") or "", req.body, registry)
+        with self._media_lock:
+            self._media[desc.digest] = desc.media_type
+        return _created(f"/v2/{name}/manifests/{desc.digest}", desc.digest)
+
     # -- tags --------------------------------------------------------------------------------------
     def _tags(self, name: str, ns: str | None, params: Mapping[str, list[str]]) -> Response:
         repo = find_repository(self.images, name, ns, self.default_registry)
@@ -372,6 +466,25 @@ class RegistryApp:
                     query = f"n={n}&last={quote(tags[-1])}" + (f"&ns={quote(ns)}" if ns else "")
                     headers.append(("Link", f'</v2/{name}/tags/list?{query}>; rel="next"'))
         return _json({"name": name, "tags": tags}, headers)
+
+
+def _upload_status(status: int, location: str, sid: str, offset: int) -> Response:
+    return Response(status, [("Location", location), ("Docker-Upload-UUID", sid),
+                             ("Range", f"0-{max(0, offset - 1)}")])
+
+
+def _created(location: str, digest: str) -> Response:
+    return Response(201, [("Location", location), ("Docker-Content-Digest", digest)])
+
+
+def _content_range_start(header: str | None) -> int | None:
+    """The start of a ``Content-Range: <start>-<end>`` (or ``bytes <start>-<end>/*``) of a PATCH."""
+    if header is None:
+        return None
+    m = re.fullmatch(r"\s*(?:bytes[ =])?\s*(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?\s*", header)
+    if m is None or int(m.group(2)) < int(m.group(1)):
+        raise UploadError(416, "BLOB_UPLOAD_INVALID", "malformed Content-Range", {"range": header[:100]})
+    return int(m.group(1))
 
 
 def _first(params: Mapping[str, list[str]], key: str) -> str | None:

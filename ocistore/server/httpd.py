@@ -43,7 +43,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Self
 
 from ocistore import errors
-from ocistore.server.app import API_VERSION, Request, Response, error_response
+from ocistore.server.app import API_VERSION, BadBody, Request, Response, error_response
 
 __all__ = ["HTTPServer", "parse_listen"]
 
@@ -99,7 +99,7 @@ class _Reader(io.RawIOBase):
         self._server = server
         self._idle_until: float | None = None
         self._grace_until = 0.0
-        self._deadline = 0.0
+        self._deadline: float | None = 0.0
 
     def readable(self) -> bool:
         return True
@@ -110,6 +110,10 @@ class _Reader(io.RawIOBase):
         self._idle_until = now + seconds
         self._grace_until = now + min(grace, seconds)
 
+    def streaming(self) -> None:
+        """Reading a request body: each read may wait ``timeout`` seconds, with no overall deadline."""
+        self._deadline = None
+
     def _pending(self) -> bool:
         return isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0
 
@@ -119,6 +123,9 @@ class _Reader(io.RawIOBase):
                 return 0
             self._idle_until = None
             self._deadline = time.monotonic() + self._server.timeout
+        if self._deadline is None:
+            self._sock.settimeout(self._server.timeout)
+            return self._sock.recv_into(b)
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("the request did not arrive in time")
@@ -137,6 +144,60 @@ class _Reader(io.RawIOBase):
                 return False
             if poller.poll(min(left, _POLL_SLICE) * 1000):
                 return True
+
+
+class _Body:
+    """A request body of ``Content-Length`` bytes, or in ``Transfer-Encoding: chunked``."""
+
+    def __init__(self, rfile: io.BufferedIOBase, length: int | None, chunked: bool) -> None:
+        self._rfile = rfile
+        self._left = length or 0
+        self._chunked = chunked
+        self._chunk_left = 0
+        self.done = not chunked and not self._left
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self.done:
+            return b""
+        if n is None or n < 0:
+            n = 1 << 20
+        if not self._chunked:
+            data = self._rfile.read(min(n, self._left))
+            if not data:
+                raise BadBody("the request body ended before its Content-Length")
+            self._left -= len(data)
+            self.done = self._left == 0
+            return data
+        if self._chunk_left == 0:
+            size = self._chunk_size()
+            if size == 0:
+                self._trailers()
+                self.done = True
+                return b""
+            self._chunk_left = size
+        data = self._rfile.read(min(n, self._chunk_left))
+        if not data:
+            raise BadBody("the request body ended inside a chunk")
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0 and self._rfile.read(2) != b"\r\n":
+            raise BadBody("a chunk is not followed by CRLF")
+        return data
+
+    def _chunk_size(self) -> int:
+        line = self._rfile.readline(1026)
+        if not line.endswith(b"\n") or len(line) > 1024:
+            raise BadBody("malformed chunk header")
+        text = line.split(b";", 1)[0].strip()
+        if not text or len(text) > 16 or any(c not in b"0123456789abcdefABCDEF" for c in text):
+            raise BadBody("malformed chunk size")
+        return int(text, 16)
+
+    def _trailers(self) -> None:
+        for _ in range(64):
+            line = self._rfile.readline(8194)
+            if line in (b"\r\n", b"\n", b""):
+                return
+        raise BadBody("too many trailer lines")
 
 
 class _Writer:
@@ -207,15 +268,44 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
 
     def _dispatch(self) -> None:
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding") or (length is not None and length.strip() not in ("", "0")):
-            self.close_connection = True  # a body this server never reads: do not reuse the connection
-        req = Request(self.command, self.path, self.headers, self.client_address[0])
-        resp = self.server.app(req)
+        body = self._body()
+        if body is None:
+            return
+        req = Request(self.command, self.path, self.headers, self.client_address[0], body)
+        try:
+            resp = self.server.app(req)
+        except BadBody as exc:
+            self.send_error(400, str(exc))
+            return
+        if not body.done:
+            self.close_connection = True  # the rest of the body was never read: the connection is not reusable
         try:
             self._respond(resp)
         finally:
             resp.close()
+
+    def _body(self) -> _Body | None:
+        """The request's body (None after answering 400 for a bad framing)."""
+        length_text = self.headers.get("Content-Length")
+        coding = (self.headers.get("Transfer-Encoding") or "").strip().lower()
+        if coding and coding != "chunked":
+            self.send_error(501, f"Transfer-Encoding {coding!r} is not supported")
+            return None
+        length = None
+        if length_text is not None:
+            text = length_text.strip()
+            if not text.isdigit() or len(text) > 19 or coding:
+                self.send_error(400, "invalid Content-Length")
+                return None
+            length = int(text)
+        body = _Body(self.rfile, length, coding == "chunked")
+        if not body.done:
+            if self.server.accepts_bodies:
+                self._raw.streaming()
+            else:
+                self.close_connection = True  # a body this server never reads
+                body.done = True
+        return body
 
     def _respond(self, resp: Response) -> None:
         self.connection.settimeout(self.server.timeout)
@@ -317,6 +407,7 @@ class HTTPServer:
         self.timeout = float(timeout)
         self.keepalive = float(keepalive)
         self.access_log = access_log
+        self.accepts_bodies = False  # set by a server whose app reads request bodies (uploads)
         self.stats = _Stats()
         self._tls: ssl.SSLContext | None = None
         if tls_cert is not None:
