@@ -256,3 +256,19 @@ def test_pushes_need_the_credentials_too(source: Store, tmp_path: Path, corpus: 
         ref = f"{srv.address}/ci/debian:1"
         desc = source.push(DEBIAN, ref, plain_http=True, credentials={srv.address: ("ci", "pw")})
         assert desc.digest == corpus["images"]["debian:gzip"]["digest"] == store.images.get(ref).target.digest
+
+
+def test_idle_sessions_are_forgotten(tmp_path: Path) -> None:
+    from ocistore.server import uploads as up
+
+    now = [1000.0]
+    with Store(tmp_path / "t") as store, store.serve("127.0.0.1:0", allow_push=True) as srv:
+        assert srv.uploads is not None
+        srv.uploads._clock = lambda: now[0]
+        _, headers, _ = request(srv, "POST", "/v2/x/blobs/uploads/")
+        assert request(srv, "PATCH", headers["Location"], b"abc")[0] == 202
+        assert store.content.statuses()
+        now[0] += up.SESSION_IDLE + 1
+        assert request(srv, "POST", "/v2/x/blobs/uploads/")[0] == 202  # a new session sweeps the idle one
+        assert request(srv, "GET", headers["Location"])[0] == 404
+        assert store.content.statuses() == []

@@ -19,7 +19,8 @@ Each session's bytes go to a content-store ingest (``upload-<uuid>``), so they a
 the way in and only become a blob by the store's verified commit; a session and what it
 committed are held by a lease that expires after 24 hours, so a ``gc`` before the manifest
 that names them arrives does not take them, and an abandoned upload is collected in the end.
-Sessions live in the server's memory (a restart forgets them; their ingests expire).
+Sessions live in the server's memory: one idle for an hour is forgotten (its ingest aborted),
+and a restart forgets them all (their ingests expire).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = ["Body", "Session", "Uploads", "UploadError"]
 
 LEASE_EXPIRY = timedelta(hours=24)
 MAX_SESSIONS = 1024
+SESSION_IDLE = 3600.0  # seconds without a request after which a session is forgotten (its ingest aborted)
 _CHUNK = 1 << 20
 
 
@@ -76,7 +78,7 @@ class Session:
     id: str
     name: str
     lease: str
-    started: float
+    touched: float
 
     @property
     def ref(self) -> str:
@@ -103,8 +105,16 @@ class Uploads:
         return self.ctx.leases.db.lease_context(self.ctx.namespace, lease_id)
 
     # -- sessions ----------------------------------------------------------------------------------------
+    def _forget_idle(self) -> None:
+        cutoff = self._clock() - SESSION_IDLE
+        with self._lock:
+            idle = [s for s in self._sessions.values() if s.touched < cutoff]
+        for session in idle:
+            self._end(session, keep_lease=False)
+
     def start(self, name: str) -> Session:
-        """A new session for repository ``name``."""
+        """A new session for repository ``name`` (sessions idle for an hour are forgotten first)."""
+        self._forget_idle()
         with self._lock:
             if len(self._sessions) >= MAX_SESSIONS:
                 raise UploadError(429, "TOOMANYREQUESTS", "too many upload sessions in progress")
@@ -118,9 +128,10 @@ class Uploads:
         """The session ``sid`` of ``name``; BLOB_UPLOAD_UNKNOWN otherwise."""
         with self._lock:
             session = self._sessions.get(sid)
-        if session is None or session.name != name:
-            raise UploadError(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry", {"uuid": sid[:64]})
-        return session
+            if session is not None and session.name == name:
+                session.touched = self._clock()
+                return session
+        raise UploadError(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry", {"uuid": sid[:64]})
 
     def offset(self, session: Session) -> int:
         """Bytes received so far."""
