@@ -139,7 +139,7 @@ class RegistryApp:
     def __init__(self, content: Provider, images: ImageStore, *, credentials: CredentialsCheck | None = None,
                  default_registry: str | None = None, realm: str = "ocistore",
                  pull_through: PullThrough | None = None, uploads: Uploads | None = None) -> None:
-        """Serve ``content`` and ``images``; ``credentials`` turns on read-only basic auth.
+        """Serve ``content`` and ``images``; ``credentials`` turns on basic auth for every request.
 
         With ``pull_through``, misses of requests meant for its upstream are fetched from it
         (and requests without ``?ns=`` mean that registry unless ``default_registry`` says
@@ -189,6 +189,8 @@ class RegistryApp:
             return error_response(405, "UNSUPPORTED", f"method {req.method} is not supported",
                                   headers=[("Allow", "GET, HEAD")])
         if path in ("/v2", "/v2/"):
+            if req.method not in ("GET", "HEAD"):
+                return error_response(405, "UNSUPPORTED", f"{req.method} of /v2/", headers=[("Allow", "GET, HEAD")])
             return _json({})
         m = _ROUTE.match(path)
         if m is None:
