@@ -22,12 +22,13 @@ from ocistore.metadata.db import DB
 from ocistore.metadata.images import Image, ImageStore
 from ocistore.metadata.leases import Lease, LeaseManager, lease_context
 from ocistore.metadata.namespaces import Namespaces, validate_namespace
+from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.platform import PlatformArg
 from ocistore.transfer.context import OperationContext
 
 if TYPE_CHECKING:
     from ocistore import images as _images
-    from ocistore import snapshots
+    from ocistore import server, snapshots
     from ocistore.metadata import gc
     from ocistore.metadata.gc import GCStats
     from ocistore.snapshots import Snapshotter
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
         imports,
         inspect,
         pull,
+        push,
         unpack,
         usage,
         workers,
@@ -63,6 +65,8 @@ else:
     imports = lazy_module("ocistore.transfer.imports")
     inspect = lazy_module("ocistore.transfer.inspect")
     pull = lazy_module("ocistore.transfer.pull")
+    push = lazy_module("ocistore.transfer.push")
+    server = lazy_module("ocistore.server")  # http.server and ssl load when a store first serves
     unpack = lazy_module("ocistore.transfer.unpack")
     usage = lazy_module("ocistore.transfer.usage")
     workers = lazy_module("ocistore.transfer.workers")
@@ -238,6 +242,38 @@ class Store:
         with workers.cancellation(cancel), self._ops.lease():
             return pull.pull(self._ops, ref, snapshotter=snapshotter, platform=platform, progress=progress,
                               registry=self._registry(options), **_rest(options))
+
+    def push(self, name: str, ref: str, platform: PlatformArg = None, all_platforms: bool = False,
+             progress: Callable[[ProgressEvent], None] | None = None, **options: Any) -> Descriptor:
+        """Upload the image ``name`` to the registry reference ``ref``; returns what the tag names.
+
+        The whole image by default (FailedPrecondition if a blob it needs is not in the store),
+        or only ``platform``'s manifest, config and layers (the tag then names that manifest).
+        Also takes ``strict``, ``chunk_size``, ``mount_from``, ``max_concurrent`` and the
+        registry options.
+        """
+        return push.push(self._ops, name, ref, platform=platform, all_platforms=all_platforms,
+                          progress=progress, registry=self._registry(options), **_rest(options))
+
+    def serve(self, listen: str = "127.0.0.1:5000", upstream: str | None = None, *, workers: int = 16,
+              queue_size: int = 64, timeout: float = 30.0, keepalive: float = 5.0, tls_cert: str | None = None,
+              tls_key: str | None = None, credentials: server.CredentialsCheck | None = None,
+              default_registry: str | None = None, access_log: bool = False,
+              allow_push: bool = False) -> server.Server:
+        """A server of this namespace's images over the OCI distribution API (read side); not started.
+
+        ``with store.serve("127.0.0.1:0") as srv:`` starts it (``srv.address``, ``srv.url``)
+        and stops it. ``credentials`` (``{"user": "password"}`` or a check function) turns
+        on read-only basic auth; ``tls_cert``/``tls_key`` on HTTPS; ``default_registry`` is
+        the registry a request without ``?ns=`` means. ``upstream`` (a registry host or URL)
+        pulls what the store lacks through from that registry, reached with the store's
+        registry options. ``allow_push`` also accepts pushes into this namespace (from
+        whoever passes ``credentials``). Keep the store open while serving.
+        """
+        return server.Server(self._ops, listen, upstream, workers=workers, queue_size=queue_size,
+                             timeout=timeout, keepalive=keepalive, tls_cert=tls_cert, tls_key=tls_key,
+                             credentials=credentials, default_registry=default_registry, access_log=access_log,
+                             registry=self.registry_options, allow_push=allow_push)
 
     def unpack(self, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
                progress: Callable[[ProgressEvent], None] | None = None, platform: PlatformArg = None,

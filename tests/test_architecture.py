@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("remotes",),
     ("images",),
     ("transfer",),
+    ("server",),
     ("store",),
     ("testing",),
     ("cli", "__main__"),

@@ -66,6 +66,11 @@ def _register_remote(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("target", metavar="DST")
     p.set_defaults(func=cmd_convert)
 
+    p = verbs.add_parser("push", help="upload an image from the store to a registry")
+    pull.add_push_arguments(p)
+    add_json_flag(p)
+    p.set_defaults(func=pull.cmd_push)
+
     p = verbs.add_parser("unpack", help="unpack a fetched image into a snapshotter; prints the top chain ID")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--rm", action="store_true",

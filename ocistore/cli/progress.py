@@ -1,4 +1,4 @@
-"""Progress display for long operations (fetch, pull, unpack, import), without dependencies.
+"""Progress display for long operations (fetch, pull, push, unpack, import), without dependencies.
 
 On a terminal the status of every object is redrawn in place, one line per object, the
 way ``ctr pull`` shows it; otherwise each change of status is printed once, as a plain
@@ -63,6 +63,7 @@ class ProgressPrinter:
         self._start = clock()
         self._lines: dict[str, _Line] = {}
         self._downloaded: dict[str, int] = {}
+        self._verb = "downloaded"
         self._drawn = 0
         self._last_draw = 0.0
         self._lock = threading.Lock()
@@ -80,8 +81,9 @@ class ProgressPrinter:
             if line is None:
                 line = self._lines[event.ref] = _Line(event.status, event.offset, event.total)
             line.status, line.offset, line.total = event.status, event.offset, event.total
-            if event.status == "downloading":
+            if event.status in ("downloading", "uploading"):
                 self._downloaded[event.ref] = event.offset
+                self._verb = "uploaded" if event.status == "uploading" else "downloaded"
             elif event.status == "complete":
                 self._downloaded[event.ref] = event.total
             if self._tty:
@@ -108,7 +110,7 @@ class ProgressPrinter:
     def _render(self, ref: str, line: _Line, width: int) -> str:
         bar = _bar(1, 1) if line.status in _DONE else _bar(line.offset, line.total)
         text = f"{_short_ref(ref)}: {line.status:<11} {bar}"
-        if line.status == "downloading" and line.total:
+        if line.status in ("downloading", "uploading") and line.total:
             text += f" {human_size(line.offset)}/{human_size(line.total)}"
         return text[: max(1, width - 1)]
 
@@ -116,7 +118,7 @@ class ProgressPrinter:
         elapsed = now - self._start
         done = sum(self._downloaded.values())
         rate = done / elapsed if elapsed > 0 else 0.0
-        text = f"elapsed: {elapsed:.1f} s  downloaded: {human_size(done)} ({human_size(int(rate))}/s)"
+        text = f"elapsed: {elapsed:.1f} s  {self._verb}: {human_size(done)} ({human_size(int(rate))}/s)"
         return text[: max(1, width - 1)]
 
     def _redraw(self, now: float) -> None:

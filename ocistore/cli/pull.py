@@ -20,9 +20,11 @@ __all__ = [
     "add_fetch_arguments",
     "add_platform_argument",
     "add_pull_arguments",
+    "add_push_arguments",
     "add_snapshotter_argument",
     "cmd_fetch",
     "cmd_pull",
+    "cmd_push",
     "parse_size",
     "progress_of",
     "size_arg",
@@ -102,6 +104,22 @@ def add_pull_arguments(p: argparse.ArgumentParser) -> None:
     add_registry_options(p)
 
 
+def add_push_arguments(p: argparse.ArgumentParser) -> None:
+    """NAME, REF, platform selection, upload options and registry options."""
+    p.add_argument("name", metavar="NAME", help="the image in the store (debian:12 finds docker.io/library/debian:12)")
+    p.add_argument("ref", metavar="REF", help="where to push it, e.g. registry.example:5000/team/debian:12")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="push only this platform's manifest (the tag then names that manifest, not the index)")
+    p.add_argument("--all-platforms", action="store_true",
+                   help="push the whole index (the default; fails if a platform is missing from the store)")
+    p.add_argument("--non-strict", action="store_true", help="--platform also accepts compatible platforms")
+    p.add_argument("--chunk-size", type=size_arg, metavar="SIZE",
+                   help="upload blobs in chunks of SIZE (PATCH requests) instead of one PUT each")
+    p.add_argument("--mount-from", action="append", default=[], metavar="REPO",
+                   help="try a cross-repository mount from REPO of the destination registry (repeatable)")
+    add_registry_options(p)
+
+
 def _print_result(ctx: Context, image: Image, unpacked: bool | None = None) -> None:
     if ctx.json:
         obj = image_json(ctx.store, image)
@@ -134,4 +152,23 @@ def cmd_pull(ctx: Context, args: argparse.Namespace) -> int:
     unpacked = args.unpack == "always" or store.is_unpacked(image.name, snapshotter=args.snapshotter,
                                                             platform=args.platform)
     _print_result(ctx, image, unpacked)
+    return 0
+
+
+def cmd_push(ctx: Context, args: argparse.Namespace) -> int:
+    """Upload an image to a registry: the whole image, or one platform's manifest."""
+    if args.platform and args.all_platforms:
+        raise UsageError("--platform and --all-platforms exclude each other")
+    options = registry_options(ctx, args, args.ref)
+    store = ctx.store
+    name = store.images.find(args.name).name
+    with progress_of(ctx) as progress:
+        desc = store.push(name, args.ref, platform=args.platform, all_platforms=args.all_platforms,
+                          progress=progress, strict=not args.non_strict, chunk_size=args.chunk_size,
+                          mount_from=tuple(args.mount_from), **options)
+    if ctx.json:
+        print_json(ctx.stdout, {"name": name, "ref": args.ref, "digest": desc.digest,
+                                "media_type": desc.media_type, "size": desc.size})
+    else:
+        ctx.out(f"{args.ref} {desc.digest}")
     return 0

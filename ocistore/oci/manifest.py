@@ -28,6 +28,7 @@ __all__ = [
     "Index",
     "Manifest",
     "children",
+    "detect_media_type",
     "parse_any",
     "parse_config",
     "parse_index",
@@ -295,6 +296,30 @@ def parse_any(data: bytes, media_type: str) -> Index | Manifest:
     if mediatypes.is_manifest(media_type):
         return parse_manifest(data, media_type)
     raise errors.InvalidArgument(f"media type {media_type!r} is neither an image index nor an image manifest")
+
+
+def detect_media_type(data: bytes) -> str | None:
+    """The media type of a manifest or index document, or None when ``data`` is neither.
+
+    The document's own ``mediaType`` when it names an index or a manifest; otherwise, for a
+    ``schemaVersion: 2`` document without one (OCI allows leaving it out), an OCI index when
+    it has ``manifests`` and an OCI manifest when it has ``config`` and ``layers``. Anything
+    larger than :data:`MAX_MANIFEST_SIZE`, not JSON, or a schema 1 manifest is None.
+    """
+    try:
+        doc = _load(data, "manifest", MAX_MANIFEST_SIZE)
+    except errors.InvalidArgument:
+        return None
+    if doc.get("schemaVersion") != 2:
+        return None
+    declared = doc.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared if mediatypes.is_index(declared) or mediatypes.is_manifest(declared) else None
+    if isinstance(doc.get("manifests"), list):
+        return mediatypes.OCI_INDEX
+    if isinstance(doc.get("config"), dict) and isinstance(doc.get("layers"), list):
+        return mediatypes.OCI_MANIFEST
+    return None
 
 
 def children(media_type: str, data: bytes) -> list[Descriptor]:

@@ -23,6 +23,9 @@ __all__ = [
     "normalize_name",
     "parse_reference",
     "registry_host",
+    "validate_domain",
+    "validate_repository",
+    "validate_tag",
 ]
 
 DEFAULT_DOMAIN = "docker.io"
@@ -188,6 +191,38 @@ def parse_reference(ref: str) -> Reference:
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return Reference(domain=domain, path=path, tag=tag, digest=digest)
+
+
+def validate_repository(path: str) -> str:
+    """``path`` if it is a valid repository path (``library/debian``), else InvalidArgument.
+
+    The distribution spec's ``<name>`` grammar: lowercase alphanumeric components separated
+    by ``.``, ``_``, ``__`` or dashes, joined by ``/``, at most 255 characters; no ``..``
+    component, no percent-escapes, no empty component can pass.
+    """
+    if not isinstance(path, str) or not path or len(path) > MAX_NAME_LENGTH or not _PATH.match(path):
+        raise errors.InvalidArgument(
+            f"invalid repository name {str(path)[:300]!r}: lowercase letters and digits, separated by '/', "
+            f"'.', '_', '__' or '-', at most {MAX_NAME_LENGTH} characters"
+        )
+    return path
+
+
+def validate_tag(tag: str) -> str:
+    """``tag`` if it is a valid tag (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``), else InvalidArgument."""
+    if not isinstance(tag, str) or not _TAG.match(tag):
+        raise errors.InvalidArgument(
+            f"invalid tag {str(tag)[:300]!r}: up to 128 letters, digits, '_', '.', '-', "
+            "not starting with '.' or '-'"
+        )
+    return tag
+
+
+def validate_domain(domain: str) -> str:
+    """``domain`` if it is a valid registry host (``docker.io``, ``127.0.0.1:5000``), else InvalidArgument."""
+    if not isinstance(domain, str) or len(domain) > 255 or not _DOMAIN.match(domain):
+        raise errors.InvalidArgument(f"invalid registry host {str(domain)[:300]!r}")
+    return domain
 
 
 def normalize_name(name: str) -> str | None:

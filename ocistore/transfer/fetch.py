@@ -155,6 +155,7 @@ def fetch_graph(
     strict: bool = True,
     name: str = "",
     offer_all: bool = True,
+    require_match: bool = True,
 ) -> list[Descriptor]:
     """Fetch ``root`` and its children for the platforms ``matcher`` accepts (None = all).
 
@@ -164,6 +165,8 @@ def fetch_graph(
     ``LimitManifests``); the index blob may then be in the store, but nothing refers to it.
     ``platform`` and ``strict`` are what ``matcher`` was made from and ``name`` is the image;
     they word that error (``offer_all=False``: do not suggest all platforms).
+    ``require_match=False`` fetches an index whose manifests all filter out without that error
+    (a pull-through mirror takes the index alone and its clients ask for their platform next).
     """
     progress = progress or Progress(None)
     manifests: list[Descriptor] = []
@@ -195,7 +198,7 @@ def fetch_graph(
         return kids
 
     walk(handle, root)
-    if matcher is not None and mt.is_index(root.media_type) and not manifests:
+    if require_match and matcher is not None and mt.is_index(root.media_type) and not manifests:
         raise platform_mismatch(platform, strict, root.digest, top, image=name, offer_all=offer_all)
     if fetch_layers and layers:
         for layer in layers:

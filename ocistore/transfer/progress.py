@@ -9,7 +9,9 @@ import attrs
 
 __all__ = ["STATUSES", "Progress", "ProgressEvent"]
 
-STATUSES = ("resolving", "resolved", "waiting", "downloading", "complete", "exists", "extracting", "extracted")
+STATUSES = (
+    "resolving", "resolved", "waiting", "downloading", "complete", "exists", "extracting", "extracted", "uploading",
+)
 
 
 @attrs.frozen
@@ -18,7 +20,9 @@ class ProgressEvent:
 
     ``ref`` names the object (``layer-sha256:...``, or the image reference while
     resolving), ``kind`` is ``index``/``manifest``/``config``/``layer``/``image``.
-    A ``complete`` event has ``offset == total == size``.
+    A ``complete`` event has ``offset == total == size``. A push reports ``waiting``,
+    ``uploading`` (``offset`` = bytes sent so far), then ``complete``, or ``exists`` when the
+    registry already had the blob (or mounted it from another repository).
     """
 
     ref: str
