@@ -83,7 +83,7 @@ class Store:
 
     def __init__(
         self, root: str | os.PathLike[str], namespace: str = "default", *, content_sharing: str = "shared",
-        readonly: bool | None = None, dedup: bool = False, snapshot_budget: int | None = None, **registry: Any,
+        readonly: bool | None = None, snapshot_budget: int | None = None, **registry: Any,
     ) -> None:
         """Open (creating it if needed) the store at ``root``, seen through ``namespace``.
 
@@ -95,7 +95,7 @@ class Store:
         ``snapshot_budget`` (bytes) bounds the committed snapshots of the namespace: an unpack
         (pull, unpack, import, a container create's lazy unpack) that leaves them above it
         evicts the least recently used images no container uses (see :meth:`evict`), never
-        the image it unpacked. ``dedup=True`` hardlinks identical files across layers at apply.
+        the image it unpacked.
         """
         unknown = set(registry) - set(REGISTRY_OPTIONS)
         if unknown:
@@ -103,7 +103,6 @@ class Store:
         if snapshot_budget is not None and snapshot_budget < 0:
             raise errors.InvalidArgument(f"snapshot_budget={snapshot_budget} must be >= 0 bytes (or None)")
         self.namespace = validate_namespace(namespace)
-        self.dedup = dedup
         self.snapshot_budget = snapshot_budget
         self.layout = RootLayout(root)
         self.root = self.layout.root
@@ -148,7 +147,7 @@ class Store:
     def with_namespace(self, namespace: str) -> Store:
         """A view of the same root in another namespace (close it too)."""
         return Store(self.root, namespace, content_sharing=self.content_sharing, readonly=self.readonly,
-                     dedup=self.dedup, snapshot_budget=self.snapshot_budget, **self.registry_options)
+                     snapshot_budget=self.snapshot_budget, **self.registry_options)
 
     def close(self) -> None:
         """Release the snapshotters and this view's hold on the shared LMDB environment."""

@@ -215,3 +215,35 @@ def test_cli_snapshots_evict(tmp_path: Path, layout: Path) -> None:
     with Store(root) as again:
         assert not again.is_unpacked("example.com/app0:1", snapshotter="native")
     assert run(root, "snapshots", "evict").code == 2
+
+
+def test_du_shows_evictable_and_what_if(tmp_path: Path, layout: Path) -> None:
+    s = _store(tmp_path, layout)
+    _unpack(s, "example.com/app0:1", "example.com/app1:1")
+    s.containers.create("c1", "example.com/app1:1", snapshotter="native")
+    rows = {r.name: next(u for u in r.unpacked if u.snapshotter == "native") for r in s.image_usage(["native"])}
+    sn = s.snapshots("native")
+    assert rows["example.com/app0:1"].evictable == sn.usage(_chains(s, "example.com/app0:1")[-1]).size
+    assert rows["example.com/app1:1"].evictable == 0  # a container stands on it
+    root = s.root
+    s.close()
+    res = ok(run(root, "du", "--what-if", "--json")).json()
+    assert res["evictable"] == rows["example.com/app0:1"].evictable and res["target"] == 0
+    assert "evict would free" in ok(run(root, "du", "--what-if")).out
+    table = ok(run(root, "du", "--images", "--bytes")).out.splitlines()
+    assert "(EVICTABLE)" in table[0]
+    with Store(root, readonly=True) as ro:  # a read-only store can still tell
+        assert ro.evict(0, dry_run=True) == [_chains(ro, "example.com/app0:1")[-1]]
+
+
+def test_a_base_image_goes_after_the_app_standing_on_it(tmp_path: Path) -> None:
+    """An older base image under a newer app: a second pass evicts the base once the app went."""
+    path = tmp_path / "layout3"
+    write_layout(path, {"example.com/base:1": [BASE], "example.com/app:1": [BASE, {"x": "x" * 9000}]})
+    with Store(tmp_path / "root3") as s:
+        s.import_archive(path, fetch_only=True)
+        _unpack(s, "example.com/base:1", "example.com/app:1")
+        planned = s.evict(0, dry_run=True)
+        assert planned == [*reversed(_chains(s, "example.com/app:1"))][:1] + _chains(s, "example.com/base:1")
+        assert s.evict(0) == planned
+        assert s.unpacked_bytes() == 0 and s.check().ok

@@ -160,7 +160,7 @@ def unpacked_bytes(ctx: OperationContext, snapshotters: Sequence[str] | None = N
 
 
 def _groups(ctx: OperationContext, snapshotters: Sequence[str],
-            sizes: dict[tuple[str, str], int]) -> list[_Group]:
+            sizes: dict[tuple[str, str], int], forget: bool) -> list[_Group]:
     """Every (snapshotter, top) some image is unpacked to, least recently used first."""
     images = ctx.images.list()
     parts_of: dict[str, ImageParts] = {}
@@ -170,7 +170,7 @@ def _groups(ctx: OperationContext, snapshotters: Sequence[str],
     groups: dict[tuple[str, str], _Group] = {}
     for sn_name in snapshotters:
         used = ctx.image_use.last_used(sn_name) if ctx.image_use is not None else {}
-        if ctx.image_use is not None:
+        if ctx.image_use is not None and forget:
             ctx.image_use.forget(sn_name, [n for n in used if n not in parts_of])
         for img in images:
             parts = parts_of.get(img.name)
@@ -219,32 +219,52 @@ def evict(
     if total <= target_bytes:
         return []
     keep = set(keep_tops)
-    groups = _groups(ctx, names, sizes)
+    groups = _groups(ctx, names, sizes, forget=not dry_run)
     state = {sn_name: _active_parents(ctx.snapshotter(sn_name)) for sn_name in names}
     leased = {sn_name: ctx.snapshotter(sn_name).leased() for sn_name in names}
     gone: set[tuple[str, str]] = set()
     out: list[EvictedLayer] = []
-    for group in groups:
-        if total <= target_bytes:
-            break
-        if (group.snapshotter, group.top) in keep:
-            continue
-        sn = ctx.snapshotter(group.snapshotter)
-        others = {g.top for g in groups if g is not group and g.snapshotter == group.snapshotter
-                  and (g.snapshotter, g.top) not in gone}
-        children, building = state[group.snapshotter]
-        try:
-            with ctx.lock(f"unpack/{ctx.namespace}/{group.snapshotter}/{group.top}", timeout=0):
-                removed = _evict_group(ctx, sn, group, sizes, gone, others | building | leased[group.snapshotter],
-                                       children, dry_run)
-        except errors.Unavailable:
-            continue  # being unpacked by another process or thread
-        for chain in removed:
-            size = sizes.get((group.snapshotter, chain), 0)
-            total -= size
-            gone.add((group.snapshotter, chain))
-            out.append(EvictedLayer(group.snapshotter, chain, size, tuple(sorted(group.names)), group.last_used))
+    pending = [g for g in groups if (g.snapshotter, g.top) not in keep]
+    progress = True
+    while progress and pending and total > target_bytes:
+        # A group may stand under a newer one (a base image under an app): it can go once the
+        # newer one went, so pass again, oldest first, until a pass removes nothing.
+        progress = False
+        for group in list(pending):
+            if total <= target_bytes:
+                break
+            removed = _try_group(ctx, group, groups, sizes, gone, state, leased, dry_run)
+            if removed is None:
+                continue
+            for chain in removed:
+                size = sizes.get((group.snapshotter, chain), 0)
+                total -= size
+                gone.add((group.snapshotter, chain))
+                out.append(EvictedLayer(group.snapshotter, chain, size, tuple(sorted(group.names)), group.last_used))
+            if all((group.snapshotter, c) in gone or (group.snapshotter, c) not in sizes for c in group.chains):
+                pending.remove(group)
+            progress = progress or bool(removed)
     return out
+
+
+def _try_group(
+    ctx: OperationContext, group: _Group, groups: list[_Group], sizes: dict[tuple[str, str], int],
+    gone: set[tuple[str, str]], state: dict[str, tuple[dict[str, set[str]], set[str]]],
+    leased: dict[str, set[str]], dry_run: bool,
+) -> list[str] | None:
+    """Evict what can go of one group's chain; None when another unpack holds its lock."""
+    sn = ctx.snapshotter(group.snapshotter)
+    others = {g.top for g in groups if g is not group and g.snapshotter == group.snapshotter
+              and (g.snapshotter, g.top) not in gone}
+    children, building = state[group.snapshotter]
+    lock = (contextlib.nullcontext() if dry_run
+            else ctx.lock(f"unpack/{ctx.namespace}/{group.snapshotter}/{group.top}", timeout=0))
+    try:
+        with lock:
+            return _evict_group(ctx, sn, group, sizes, gone, others | building | leased[group.snapshotter],
+                                children, dry_run)
+    except errors.Unavailable:
+        return None  # being unpacked by another process or thread
 
 
 def _evict_group(
@@ -253,7 +273,9 @@ def _evict_group(
 ) -> list[str]:
     removed: list[str] = []
     for chain in reversed(group.chains):
-        if chain in protected or (sn.name, chain) not in sizes or (sn.name, chain) in gone:
+        if (sn.name, chain) in gone:
+            continue  # went in an earlier pass (from the top down)
+        if chain in protected or (sn.name, chain) not in sizes:
             break
         if {c for c in children.get(chain, set()) if (sn.name, c) not in gone} - set(removed):
             break  # a container, a view, another image's layer or an unpack stands on it
