@@ -20,6 +20,7 @@ from ocistore.metadata.containers import ContainerRecords
 from ocistore.metadata.content import NamespacedContent
 from ocistore.metadata.db import DB
 from ocistore.metadata.images import Image, ImageStore
+from ocistore.metadata.imageuse import ImageUse
 from ocistore.metadata.leases import Lease, LeaseManager, lease_context
 from ocistore.metadata.namespaces import Namespaces, validate_namespace
 from ocistore.oci.descriptor import Descriptor
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     )
     from ocistore.transfer.check import CheckReport
     from ocistore.transfer.containers import Containers
+    from ocistore.transfer.evict import EvictedLayer
     from ocistore.transfer.inspect import ImageInspection
     from ocistore.transfer.progress import ProgressEvent
     from ocistore.transfer.usage import DiskUsage, ImageUsage
@@ -85,7 +87,7 @@ class Store:
 
     def __init__(
         self, root: str | os.PathLike[str], namespace: str = "default", *, content_sharing: str = "shared",
-        readonly: bool | None = None, **registry: Any,
+        readonly: bool | None = None, snapshot_budget: int | None = None, **registry: Any,
     ) -> None:
         """Open (creating it if needed) the store at ``root``, seen through ``namespace``.
 
@@ -93,11 +95,19 @@ class Store:
         without repair, reading blobs and snapshots); anything that writes raises
         FailedPrecondition. The default (None) opens read-only by itself when the root exists
         but cannot be written (read-only media, no permission).
+
+        ``snapshot_budget`` (bytes) bounds the committed snapshots of the namespace: an unpack
+        (pull, unpack, import, a container create's lazy unpack) that leaves them above it
+        evicts the least recently used images no container uses (see :meth:`evict`), never
+        the image it unpacked.
         """
         unknown = set(registry) - set(REGISTRY_OPTIONS)
         if unknown:
             raise TypeError(f"unknown Store option(s): {', '.join(sorted(unknown))}")
+        if snapshot_budget is not None and snapshot_budget < 0:
+            raise errors.InvalidArgument(f"snapshot_budget={snapshot_budget} must be >= 0 bytes (or None)")
         self.namespace = validate_namespace(namespace)
+        self.snapshot_budget = snapshot_budget
         self.layout = RootLayout(root)
         self.root = self.layout.root
         if readonly is None:
@@ -119,7 +129,8 @@ class Store:
         self._lock = threading.Lock()
         self._ops = OperationContext(
             namespace=self.namespace, layout=self.layout, content=self.content, images=self.images,
-            snapshotter=self.snapshots, leases=self.leases,
+            snapshotter=self.snapshots, leases=self.leases, image_use=ImageUse(self.db, self.namespace),
+            snapshot_budget=snapshot_budget,
         )
         self._containers: Containers | None = None
         if not readonly:
@@ -140,7 +151,7 @@ class Store:
     def with_namespace(self, namespace: str) -> Store:
         """A view of the same root in another namespace (close it too)."""
         return Store(self.root, namespace, content_sharing=self.content_sharing, readonly=self.readonly,
-                     **self.registry_options)
+                     snapshot_budget=self.snapshot_budget, **self.registry_options)
 
     def close(self) -> None:
         """Release the snapshotters and this view's hold on the shared LMDB environment."""
@@ -296,6 +307,31 @@ class Store:
         The next ``containers.create`` unpacks it again lazily. Returns the chain IDs removed.
         """
         return evict.remove_unpacked(self._ops, name, snapshotter=snapshotter, platform=platform)
+
+    def evict(self, target_bytes: int | None = None, dry_run: bool = False) -> list[str]:
+        """Remove the unpacked snapshots of images no container uses, least recently used
+        first, until the namespace's committed snapshots take at most ``target_bytes``
+        (default: the store's ``snapshot_budget``); returns the chain IDs removed.
+
+        Blobs and image records stay: the next ``containers.create`` unpacks again, only the
+        layers that went. ``dry_run`` removes nothing and returns what would go.
+        """
+        return [e.chain_id for e in self.evict_layers(target_bytes, dry_run=dry_run)]
+
+    def evict_layers(self, target_bytes: int | None = None, dry_run: bool = False) -> list[EvictedLayer]:
+        """:meth:`evict` with the details: snapshotter, chain ID, size and images of each layer."""
+        target = self.snapshot_budget if target_bytes is None else target_bytes
+        if target is None:
+            raise errors.InvalidArgument(
+                "evict: no target_bytes given and the store has no snapshot_budget; pass target_bytes=N"
+            )
+        if not dry_run:
+            self.db.check_writable("evicting snapshots")
+        return evict.evict(self._ops, target, dry_run=dry_run)
+
+    def unpacked_bytes(self) -> int:
+        """Bytes of the namespace's committed snapshots (what ``snapshot_budget`` bounds)."""
+        return evict.unpacked_bytes(self._ops)
 
     def is_unpacked(self, name: str, snapshotter: str = "overlayfs", platform: PlatformArg = None) -> bool:
         """Whether the image's top chain ID is committed in ``snapshotter``."""

@@ -10,7 +10,7 @@ from datetime import timedelta
 from ocistore import errors
 from ocistore.cli.context import Context, UsageError
 
-__all__ = ["add_json_flag", "for_each", "parse_duration", "parse_labels"]
+__all__ = ["add_json_flag", "for_each", "parse_duration", "parse_labels", "parse_size", "size_arg"]
 
 _UNIT_SECONDS = {
     "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
@@ -66,3 +66,23 @@ def for_each(ctx: Context, items: Iterable[str], action: Callable[[str], None]) 
             ctx.report(err, item)
             status = 1
     return status
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)", re.IGNORECASE)
+_FACTOR = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"500M"``, ``"1GiB"``, ``"1.5g"`` or plain bytes (binary units)."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise UsageError(f"invalid size {text!r}: use bytes or a number with K, M, G or T")
+    return int(float(m.group(1)) * _FACTOR[m.group(2).lower()])
+
+
+def size_arg(text: str) -> int:
+    """:func:`parse_size` as an argparse ``type`` (a bad value is a usage error)."""
+    try:
+        return parse_size(text)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None

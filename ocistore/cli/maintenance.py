@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 
 import attrs
 
-from ocistore.cli.args import add_json_flag
+from ocistore.cli.args import add_json_flag, parse_size, size_arg
 from ocistore.cli.context import Context
 from ocistore.cli.output import human_size, print_json, print_table
 
@@ -24,6 +25,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--bytes", "-b", action="store_true", help="sizes in bytes")
     p.add_argument("--images", action="store_true",
                    help="per image: compressed and unpacked bytes, and how much of each only it uses")
+    p.add_argument("--what-if", action="store_true",
+                   help="what `snapshots evict` would free: one row per layer, and the total")
+    p.add_argument("--target", type=size_arg, default=None, metavar="SIZE",
+                   help="with --what-if: the eviction target (default: $OCISTORE_SNAPSHOT_BUDGET, else 0)")
     add_json_flag(p)
     p.set_defaults(func=cmd_du)
 
@@ -47,6 +52,8 @@ def cmd_gc(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_du(ctx: Context, args: argparse.Namespace) -> int:
     """``du``: the DiskUsage fields (integers in JSON); ``--images``: one row per image."""
+    if args.what_if:
+        return _du_what_if(ctx, args)
     if args.images:
         return _du_images(ctx, args)
     usage = ctx.store.disk_usage()
@@ -68,14 +75,33 @@ def _du_images(ctx: Context, args: argparse.Namespace) -> int:
     sns = [u.snapshotter for u in rows[0].unpacked] if rows else []
     header = ["IMAGE", "COMPRESSED", "(OWN)"]
     for sn in sns:
-        header += [f"UNPACKED {sn.upper()}", "(OWN)"]
+        header += [f"UNPACKED {sn.upper()}", "(OWN)", "(EVICTABLE)"]
     table = []
     for r in rows:
         cells = [r.name, size(r.compressed), size(r.compressed_exclusive)]
         for u in r.unpacked:
-            cells += [size(u.unpacked) if u.layers else "-", size(u.exclusive) if u.layers else "-"]
+            cells += [size(u.unpacked) if u.layers else "-", size(u.exclusive) if u.layers else "-",
+                      size(u.evictable) if u.layers else "-"]
         table.append(cells)
     print_table(ctx.stdout, header, table)
+    return 0
+
+
+def _du_what_if(ctx: Context, args: argparse.Namespace) -> int:
+    target = args.target
+    if target is None:
+        env = os.environ.get("OCISTORE_SNAPSHOT_BUDGET", "")
+        target = parse_size(env) if env else 0
+    before = ctx.store.unpacked_bytes()
+    layers = ctx.store.evict_layers(target, dry_run=True)
+    freed = sum(e.size for e in layers)
+    if ctx.json:
+        print_json(ctx.stdout, {"target": target, "unpacked": before, "evictable": freed, "evicted": layers})
+        return 0
+    size: Callable[[int], str] = str if args.bytes else human_size
+    print_table(ctx.stdout, ("SNAPSHOTTER", "CHAIN ID", "SIZE", "IMAGES"),
+                [(e.snapshotter, e.chain_id, size(e.size), ",".join(e.images)) for e in layers])
+    ctx.out(f"evict would free {size(freed)} of {size(before)} unpacked (target {size(target)})")
     return 0
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ocistore.cli.context import Context, UsageError
+from ocistore.cli.args import parse_size, size_arg
+from ocistore.cli.context import Context
 from ocistore.cli.describe import image_json
 from ocistore.cli.output import print_json
 from ocistore.cli.progress import ProgressPrinter
@@ -31,24 +31,6 @@ __all__ = [
 ]
 
 DEFAULT_UNPACK_THRESHOLD = DEFAULT_THRESHOLD
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)", re.IGNORECASE)
-_FACTOR = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """``"500M"``, ``"1GiB"``, ``"1.5g"`` or plain bytes (binary units)."""
-    m = _SIZE.fullmatch(text.strip())
-    if m is None:
-        raise UsageError(f"invalid size {text!r}: use bytes or a number with K, M, G or T")
-    return int(float(m.group(1)) * _FACTOR[m.group(2).lower()])
-
-
-def size_arg(text: str) -> int:
-    """:func:`parse_size` as an argparse ``type`` (a bad value is a usage error)."""
-    try:
-        return parse_size(text)
-    except UsageError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 @contextmanager

@@ -8,7 +8,7 @@ import shlex
 from collections.abc import Callable, Iterable
 
 from ocistore import mount
-from ocistore.cli.args import for_each, parse_labels
+from ocistore.cli.args import for_each, parse_labels, parse_size, size_arg
 from ocistore.cli.context import Context, UsageError
 from ocistore.cli.output import human_size, print_json, print_table
 from ocistore.snapshots.types import Mount, SnapshotInfo, Snapshotter
@@ -71,6 +71,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = _verb(verbs, "tree", "show snapshots as a tree of parents and children")
     p.set_defaults(func=cmd_tree)
+
+    p = _verb(verbs, "evict", "remove the unpacked layers of images no container uses, least recently "
+              "used first, down to SIZE (blobs stay; the next container create unpacks again)")
+    p.add_argument("--target", type=size_arg, default=None, metavar="SIZE",
+                   help="bytes the committed snapshots may keep, e.g. 10G (default: $OCISTORE_SNAPSHOT_BUDGET)")
+    p.add_argument("--dry-run", "-n", action="store_true", help="print what would be removed, remove nothing")
+    p.add_argument("--bytes", "-b", action="store_true", help="sizes in bytes")
+    p.set_defaults(func=cmd_evict)
 
     p = _verb(verbs, "info", "everything known of snapshot KEY (JSON)")
     p.add_argument("key", metavar="KEY")
@@ -212,6 +220,36 @@ def cmd_tree(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     for line in tree_lines(infos):
         ctx.out(line)
+    return 0
+
+
+def budget_target(ctx: Context, target: int | None) -> int:
+    """``--target``, else ``$OCISTORE_SNAPSHOT_BUDGET``; a usage error without either."""
+    if target is not None:
+        return target
+    env = os.environ.get("OCISTORE_SNAPSHOT_BUDGET", "")
+    if not env:
+        raise UsageError("snapshots evict: give --target SIZE (or set OCISTORE_SNAPSHOT_BUDGET)")
+    return parse_size(env)
+
+
+def cmd_evict(ctx: Context, args: argparse.Namespace) -> int:
+    """``snapshots evict [--target SIZE] [--dry-run]``: one row per layer removed."""
+    target = budget_target(ctx, args.target)
+    before = ctx.store.unpacked_bytes()
+    layers = ctx.store.evict_layers(target, dry_run=args.dry_run)
+    freed = sum(e.size for e in layers)
+    if ctx.json:
+        print_json(ctx.stdout, {"target": target, "before": before, "after": before - freed,
+                                "dry_run": args.dry_run, "evicted": layers})
+        return 0
+    size: Callable[[int], str] = str if args.bytes else human_size
+    if layers:
+        print_table(ctx.stdout, ("SNAPSHOTTER", "CHAIN ID", "SIZE", "IMAGES"),
+                    [(e.snapshotter, e.chain_id, size(e.size), ",".join(e.images)) for e in layers])
+    verb = "would free" if args.dry_run else "freed"
+    ctx.out(f"{verb} {size(freed)} in {len(layers)} layers: unpacked {size(before)} -> "
+            f"{size(before - freed)} (target {size(target)})")
     return 0
 
 

@@ -13,6 +13,10 @@ Key layout (every key is UTF-8 text; ``\\0`` separates parts; values are JSON)::
     leases            <ns>\\0<id>                      -> {labels, created_at}
     lease_resources   <ns>\\0<id>\\0<type>\\0<resource id> -> ""
     counters          <name>                           -> int (sequences)
+    image_use         <ns>\\0<snapshotter>\\0<image>    -> {last_used} (eviction order, ocistore.metadata.imageuse)
+
+Tables added after schema version 1 (``ADDED_TABLES``) are created when a root is opened
+read-write; a read-only open of an older root sees them empty.
 
 Times are integers: nanoseconds since the Unix epoch, UTC. Every mutation happens inside
 one write transaction (LMDB allows one writer at a time across all processes), so a
@@ -52,7 +56,10 @@ TABLES = (
     "leases",
     "lease_resources",
     "counters",
+    "image_use",
 )
+ADDED_TABLES = frozenset({"image_use"})
+"""Tables that an older root may lack: read-only opens treat them as empty."""
 _MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as needed
 SEP = "\x00"
 
@@ -86,12 +93,14 @@ class Txn:
 
     def get(self, table: str, k: bytes) -> Any:
         """The decoded JSON value at ``k``, or None if the key is absent."""
-        raw = self.raw.get(k, db=self._h(table))
+        h = self._h(table)
+        raw = None if h is None else self.raw.get(k, db=h)
         return None if raw is None else json.loads(bytes(raw))
 
     def has(self, table: str, k: bytes) -> bool:
         """Whether ``k`` exists in ``table`` (without decoding its value)."""
-        return self.raw.get(k, db=self._h(table)) is not None
+        h = self._h(table)
+        return h is not None and self.raw.get(k, db=h) is not None
 
     def put(self, table: str, k: bytes, value: Any) -> None:
         """Store ``value`` as compact JSON at ``k``, replacing any value there (write transactions only)."""
@@ -103,6 +112,8 @@ class Txn:
 
     def scan(self, table: str, pfx: bytes = b"") -> Iterator[tuple[bytes, Any]]:
         """(key, decoded value) for every key starting with ``pfx``, in key order."""
+        if self._h(table) is None:
+            return
         with self.raw.cursor(db=self._h(table)) as cur:
             if not cur.set_range(pfx):
                 return
@@ -115,6 +126,8 @@ class Txn:
     def keys(self, table: str, pfx: bytes = b"") -> list[bytes]:
         """Every key starting with ``pfx``, in key order (values are not decoded)."""
         out: list[bytes] = []
+        if self._h(table) is None:
+            return out
         with self.raw.cursor(db=self._h(table)) as cur:
             if not cur.set_range(pfx):
                 return out
@@ -127,6 +140,8 @@ class Txn:
 
     def first_key(self, table: str, pfx: bytes = b"", start: bytes | None = None) -> bytes | None:
         """The first key starting with ``pfx`` at or after ``start`` (default: ``pfx``), or None."""
+        if self._h(table) is None:
+            return None
         with self.raw.cursor(db=self._h(table)) as cur:
             if not cur.set_range(start if start is not None else pfx):
                 return None
@@ -170,7 +185,7 @@ class DB:
             except lmdb.Error as e:
                 raise errors.Unavailable(f"cannot open metadata database {path}: {e}") from e
         try:
-            self.handles = {name: self.env.open_db(name.encode(), create=not readonly) for name in TABLES}
+            self.handles = {name: self._open_table(name) for name in TABLES}
         except lmdb.Error as e:
             self.env.close()
             raise errors.FailedPrecondition(
@@ -184,6 +199,15 @@ class DB:
             self._check_version()
         else:
             self._migrate()
+
+    def _open_table(self, name: str) -> Any:
+        """The handle of table ``name``; None for a missing added table of a read-only root."""
+        try:
+            return self.env.open_db(name.encode(), create=not self.readonly)
+        except lmdb.NotFoundError:
+            if self.readonly and name in ADDED_TABLES:
+                return None
+            raise
 
     @staticmethod
     def _open_readonly(path: str) -> lmdb.Environment:

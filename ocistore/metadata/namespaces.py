@@ -111,5 +111,6 @@ class Namespaces:
             if not txn.delete(_TABLE, name.encode()):
                 raise errors.NotFound(f"namespace {name!r} not found")
             dropped = txn.delete_prefix("ingests", prefix(name))
+            txn.delete_prefix("image_use", prefix(name))
         if dropped:
             self.db.dirty += 1

@@ -376,8 +376,12 @@ class SnapshotterBase:
         return wanted
 
     # -- remove -------------------------------------------------------------------------------
-    def remove(self, key: str) -> None:
-        """Remove snapshot ``key`` and, right after the transaction commits, its directory."""
+    def remove(self, key: str, *, unless_leased: bool = False) -> None:
+        """Remove snapshot ``key`` and, right after the transaction commits, its directory.
+
+        ``unless_leased=True`` refuses (FailedPrecondition) when a lease of the namespace
+        holds it, checked in the same transaction (eviction uses it).
+        """
         self._check_open()
         with self.db.write() as txn:
             rec = self._require(txn, key)
@@ -387,12 +391,44 @@ class SnapshotterBase:
                     f"cannot remove snapshot with child: {self._what(key)} is the parent of "
                     f"{child!r}; remove its children first"
                 )
+            if unless_leased and self._leased(txn, key):
+                raise errors.FailedPrecondition(f"{self._what(key)} is held by a lease; not removed")
             txn.delete(_TABLE, self._key(key))
             self._unlink(txn, rec.parent, key)
             self.db.remove_from_lease(txn, self.namespace, self._rtype, key)
         self.db.dirty += 1
         # A crash before this line leaves an orphan directory, which GC removes.
         remove_tree(self._id_dir(rec.id))
+
+    def _leased(self, txn: Txn, k: str) -> bool:
+        pfx = prefix(self.namespace)
+        for lease_key in txn.keys("leases", pfx):
+            lease_id = lease_key[len(pfx):].decode()
+            if txn.has("lease_resources", key(self.namespace, lease_id, self._rtype, k)):
+                return True
+        return False
+
+    def leased(self) -> set[str]:
+        """Keys of this snapshotter's snapshots that a lease of the namespace holds."""
+        self._check_open()
+        out: set[str] = set()
+        with self.db.read() as txn:
+            pfx = prefix(self.namespace)
+            for k in txn.keys("lease_resources", pfx):
+                _ns, _id, rtype, rid = k.decode().split("\x00", 3)
+                if rtype == self._rtype:
+                    out.add(rid)
+        return out
+
+    def hold(self, keys: Sequence[str]) -> list[str]:
+        """Add those of ``keys`` that are committed to the thread's current lease, in one
+        transaction; returns them (all of them committed, none held, without a lease)."""
+        self._check_open()
+        with self.db.write() as txn:
+            found = [k for k in keys if (rec := self._get(txn, k)) is not None and rec.kind is Kind.COMMITTED]
+            for k in found:
+                self.db.add_to_lease(txn, self.namespace, self._rtype, k)
+        return found
 
     # -- queries --------------------------------------------------------------------------------
     def stat(self, key: str) -> SnapshotInfo:

@@ -118,8 +118,17 @@ class Snapshotter(Protocol):
         """Every snapshot of this namespace matching ``filters``."""
         ...
 
-    def remove(self, key: str) -> None:
-        """Remove snapshot ``key`` (which must have no children) and its directory."""
+    def remove(self, key: str, *, unless_leased: bool = False) -> None:
+        """Remove snapshot ``key`` (which must have no children) and its directory;
+        ``unless_leased`` also refuses one a lease holds (FailedPrecondition)."""
+        ...
+
+    def leased(self) -> set[str]:
+        """Keys of snapshots a lease of the namespace holds."""
+        ...
+
+    def hold(self, keys: Sequence[str]) -> list[str]:
+        """Add the committed ones of ``keys`` to the thread's current lease; returns them."""
         ...
 
     def close(self) -> None:

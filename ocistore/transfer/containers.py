@@ -84,8 +84,10 @@ class Containers:
         # An active snapshot is a GC root by itself, so the warm path needs no lease.
         try:
             sn.prepare(id, parts.chain_id)
+            ctx.touch(snapshotter, img.name)
         except errors.NotFound:
             with ctx.lease():
+                # unpack_parts records the use and, over a snapshot budget, evicts other images
                 unpack_parts(ctx, parts, image_ref=img.name, snapshotter=snapshotter,
                              progress=Progress(progress))
                 sn.prepare(id, parts.chain_id)

@@ -19,6 +19,7 @@ from ocistore._locks import keyed_lock
 from ocistore.content.types import ContentStore
 from ocistore.layout import RootLayout
 from ocistore.metadata.images import ImageStore
+from ocistore.metadata.imageuse import ImageUse
 from ocistore.metadata.leases import LeaseManager, operation_lease
 
 if TYPE_CHECKING:  # the snapshotters load when one is first opened
@@ -40,11 +41,21 @@ class OperationContext:
     images: ImageStore
     snapshotter: SnapshotterLookup
     leases: LeaseManager
+    image_use: ImageUse | None = None
+    """When each image was last used (eviction order); None: not recorded."""
+    snapshot_budget: int | None = None
+    """Bytes the committed snapshots of the namespace may take; unpacks evict above it."""
+
+    def touch(self, snapshotter: str, name: str) -> None:
+        """Record that image ``name`` was used in ``snapshotter`` (unpacked, or a container created)."""
+        if self.image_use is not None:
+            self.image_use.touch(snapshotter, name)
 
     def lease(self) -> AbstractContextManager[None]:
         """Run under the thread's current lease, or a temporary 24 h one deleted at the end."""
         return operation_lease(self.leases)
 
-    def lock(self, name: str) -> AbstractContextManager[None]:
-        """Hold the keyed lock ``name`` across threads and processes of this root."""
-        return keyed_lock(self.layout, name)
+    def lock(self, name: str, timeout: float = 3600.0) -> AbstractContextManager[None]:
+        """Hold the keyed lock ``name`` across threads and processes of this root
+        (Unavailable after ``timeout`` seconds; 0 tries once)."""
+        return keyed_lock(self.layout, name, timeout=timeout)

@@ -30,6 +30,7 @@ from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.platform import PlatformArg
 from ocistore.snapshots.types import Kind, SnapshotInfo, Snapshotter
+from ocistore.transfer import evict
 from ocistore.transfer.context import OperationContext
 from ocistore.transfer.progress import Progress, ProgressEvent, ref_key
 from ocistore.transfer.workers import check_cancelled, worker_pool
@@ -154,23 +155,49 @@ def unpack_parts(
     top = chains[-1] if chains else ""
     if not top:
         return ""
-    with ctx.lease(), ctx.lock(f"unpack/{ctx.namespace}/{snapshotter}/{top}"):
-        todo = [i for i, c in enumerate(chains) if not _committed(sn, c)]
-        if todo:
-            # every layer from the first missing one on is (re)applied, in chain order
-            start = todo[0]
-            parallel = bool(getattr(sn, "supports_rebase", False)) and len(chains) - start > 1
-            job = _Job(ctx.content, sn, parts, image_ref, snapshot_labels, progress, layer_ready)
-            if parallel:
-                _unpack_parallel(job, start)
-            else:
-                for i in range(start, len(chains)):
-                    _unpack_one(job, i, sequential=True)
-        ctx.content.update(
-            parts.manifest.config.digest, {f"containerd.io/gc.ref.snapshot.{snapshotter}": top},
-            [f"labels.containerd.io/gc.ref.snapshot.{snapshotter}"],
-        )
+    with ctx.lease():
+        with ctx.lock(f"unpack/{ctx.namespace}/{snapshotter}/{top}"):
+            todo = _todo(sn, chains)
+            _unpack_todo(ctx, sn, parts, todo, image_ref, snapshot_labels, progress, layer_ready)
+            ctx.content.update(
+                parts.manifest.config.digest, {f"containerd.io/gc.ref.snapshot.{snapshotter}": top},
+                [f"labels.containerd.io/gc.ref.snapshot.{snapshotter}"],
+            )
+            ctx.touch(snapshotter, image_ref)
+        if todo and ctx.snapshot_budget is not None:
+            evict.enforce_budget(ctx, keep_tops={(snapshotter, top)})
     return top
+
+
+def _todo(sn: Snapshotter, chains: list[str]) -> list[int]:
+    """The layers to apply; the committed layer below the first of them joins the lease.
+
+    Eviction (another process, or a budget) leaves leased snapshots alone, and a parallel
+    unpack rebases onto that layer only when it commits; the layers under it have children.
+    """
+    while True:
+        todo = [i for i, c in enumerate(chains) if not _committed(sn, c)]
+        if not todo or todo[0] == 0 or sn.hold([chains[todo[0] - 1]]):
+            return todo
+        # evicted between the two looks: look again
+
+
+def _unpack_todo(
+    ctx: OperationContext, sn: Snapshotter, parts: ImageParts, todo: list[int], image_ref: str,
+    snapshot_labels: bool, progress: Progress, layer_ready: LayerReady | None,
+) -> None:
+    if not todo:
+        return
+    chains = parts.chain_ids
+    # every layer from the first missing one on is (re)applied, in chain order
+    start = todo[0]
+    parallel = bool(getattr(sn, "supports_rebase", False)) and len(chains) - start > 1
+    job = _Job(ctx.content, sn, parts, image_ref, snapshot_labels, progress, layer_ready)
+    if parallel:
+        _unpack_parallel(job, start)
+    else:
+        for i in range(start, len(chains)):
+            _unpack_one(job, i, sequential=True)
 
 
 def first_missing_layer(ctx: OperationContext, parts: ImageParts, snapshotter: str) -> int:

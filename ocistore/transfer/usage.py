@@ -11,6 +11,7 @@ from ocistore._files import allocated_bytes
 from ocistore.images.image import image_parts
 from ocistore.layout import RootLayout
 from ocistore.snapshots.types import Kind, Snapshotter
+from ocistore.transfer import evict
 from ocistore.transfer.context import OperationContext
 
 __all__ = ["DiskUsage", "ImageUsage", "SnapshotterUsage", "disk_usage", "image_usage"]
@@ -54,6 +55,9 @@ class SnapshotterUsage:
     """Of those, the bytes of layers no other image of the namespace uses."""
     layers: int
     """How many of the image's layers are committed there."""
+    evictable: int = 0
+    """Bytes ``evict(0)`` would free with this image's chain (no container, view or lease on
+    it; a layer shared by several evictable images counts for the one evicted last)."""
 
 
 @attrs.frozen
@@ -90,6 +94,10 @@ def image_usage(ctx: OperationContext, snapshotters: list[str]) -> list[ImageUsa
     blob_users = Counter(d for name in blobs for d in {digest for digest, _ in blobs[name]})
     chain_users = Counter(c for name in chains for c in set(chains[name]))
     sizes: dict[tuple[str, str], int | None] = {}
+    evictable: Counter[tuple[str, str]] = Counter()
+    for layer in evict.evict(ctx, 0, snapshotters, dry_run=True):
+        for name in layer.images:  # images sharing a top: the same bytes, shown for each
+            evictable[layer.snapshotter, name] += layer.size
     out = []
     for img in images:
         own = blobs[img.name]
@@ -106,7 +114,8 @@ def image_usage(ctx: OperationContext, snapshotters: list[str]) -> list[ImageUsa
                 layers += 1
                 total += size
                 exclusive += size if chain_users[chain] == 1 else 0
-            per_sn.append(SnapshotterUsage(sn_name, unpacked=total, exclusive=exclusive, layers=layers))
+            per_sn.append(SnapshotterUsage(sn_name, unpacked=total, exclusive=exclusive, layers=layers,
+                                           evictable=evictable[sn_name, img.name]))
         out.append(ImageUsage(
             name=img.name,
             compressed=sum(size for _, size in own),
