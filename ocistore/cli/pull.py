@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ocistore.cli.args import parse_size, size_arg
-from ocistore.cli.context import Context
+from ocistore.cli.context import Context, UsageError
 from ocistore.cli.describe import image_json
 from ocistore.cli.output import print_json
 from ocistore.cli.progress import ProgressPrinter
