@@ -33,9 +33,10 @@ class CountingProxy(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, lie: bool = False) -> None:
         super().__init__(("127.0.0.1", 0), _Proxy)
         self.upstream = upstream
+        self.lie = lie  # a lying peer: every blob comes back with one byte changed
         self.blob_gets: Counter[str] = Counter()
         self.lock = threading.Lock()
         threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
@@ -63,13 +64,17 @@ class _Proxy(BaseHTTPRequestHandler):
         resp = conn.getresponse()
         if self.command == "GET" and "/blobs/sha256:" in self.path and resp.status == 200:
             with self.server.lock:
-                self.server.blob_gets[self.path.rsplit("/", 1)[1]] += 1
+                self.server.blob_gets[self.path.split("?")[0].rsplit("/", 1)[1]] += 1
         self.send_response(resp.status)
         for k, v in resp.getheaders():
             if k.lower() not in ("connection", "transfer-encoding"):
                 self.send_header(k, v)
         self.end_headers()
+        first = True
         while self.command != "HEAD" and (chunk := resp.read(1 << 16)):
+            if self.server.lie and first and "/blobs/" in self.path:
+                chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+            first = False
             self.wfile.write(chunk)
         conn.close()
 
@@ -159,3 +164,21 @@ def test_clients_fall_back_to_the_upstream_when_the_mirror_dies(
         assert ok and images == want  # verified content: digests of the corpus, check passes
     # the clients did go to the upstream themselves once the mirror was gone
     assert max(upstream.blob_gets.values()) > 1, upstream.blob_gets
+
+
+def test_a_lying_peer_is_skipped_for_the_next_host(upstream: CountingProxy, tmp_path: Path,
+                                                   corpus: dict[str, Any]) -> None:
+    """A mirror that sends wrong bytes is caught by the digest and the blob comes from the server."""
+    liar = CountingProxy(upstream.address, lie=True)
+    try:
+        hosts = _hosts_dir(tmp_path, upstream.address, liar.address)
+        with Store(tmp_path / "client", hosts_dir=hosts) as s:
+            img = s.fetch(f"{upstream.address}/debian:gzip")
+            assert img.target.digest == corpus["images"]["debian:gzip"]["digest"]
+            assert all(b.present for b in s.inspect(img.name).blobs)
+            assert s.check().ok
+        layer = corpus["images"]["debian:gzip"]["layers"][0]["digest"]
+        assert liar.blob_gets[layer] == 1 and upstream.blob_gets[layer] == 2, (liar.blob_gets, upstream.blob_gets)
+    finally:
+        liar.shutdown()
+        liar.server_close()

@@ -213,7 +213,25 @@ class RegistryClient:
         failures the ingest keeps what was written, for a later resume.
         """
         # the writer hashes every byte and the digest is checked before commit: no second hash here
-        return copy_into(desc, writer, lambda offset: self.fetch(ref, desc, offset, verify=False), progress)
+        r = parse_reference(ref)
+        what = f"{r.name}@{desc.digest}"
+        liars: set[str] = set()
+        while True:
+            used: list[RegistryHost] = []
+            opener = self._opener(r, desc, skip=liars, preferred=used)
+            try:
+                return copy_into(
+                    desc, writer,
+                    lambda offset, opener=opener: BlobReader(  # type: ignore[misc]
+                        desc, opener, self.options.retry, offset, what, verify=False),
+                    progress,
+                )
+            except errors.DigestMismatch:
+                # a mirror (peer) that sends wrong bytes: the ingest was truncated; start again
+                # from the next host of hosts.toml, the server last, as containerd tries them
+                if not used or len(liars) + 1 >= len(self._hosts_for(r, "pull")):
+                    raise
+                liars.add(used[0].host)
 
     def fetch_bytes(self, ref: str, desc: Descriptor, max_size: int | None = None) -> bytes:
         """The whole (small) blob ``desc``, verified; larger than ``max_size`` is refused.
@@ -234,13 +252,18 @@ class RegistryClient:
                 raise errors.Unavailable(f"{desc.digest}: the download ended before the descriptor's size")
             return data
 
-    def _opener(self, r: Reference, desc: Descriptor) -> Callable[[int], urllib3.BaseHTTPResponse]:
-        hosts = self._hosts_for(r, "pull")
+    def _opener(
+        self, r: Reference, desc: Descriptor, skip: set[str] | frozenset[str] = frozenset(),
+        preferred: list[RegistryHost] | None = None,
+    ) -> Callable[[int], urllib3.BaseHTTPResponse]:
+        """Open ``desc`` at an offset from the first host that answers (``skip``: hosts not to
+        ask); the host that answered is kept first in ``preferred`` for the next ranges."""
+        hosts = [h for h in self._hosts_for(r, "pull") if h.host not in skip]
         is_manifest = mediatypes.is_manifest(desc.media_type) or mediatypes.is_index(desc.media_type)
         kind = "manifests" if is_manifest else "blobs"
         scopes = frozenset({pull_scope(r.repository)})
         headers = {"Accept": f"{desc.media_type}, */*", "Accept-Encoding": "identity"}
-        preferred: list[RegistryHost] = []
+        preferred = [] if preferred is None else preferred
 
         def open_at(offset: int) -> urllib3.BaseHTTPResponse:
             first_error: Exception | None = None
