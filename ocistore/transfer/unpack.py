@@ -21,7 +21,7 @@ from concurrent.futures import Future
 
 import attrs
 
-from ocistore import errors
+from ocistore import _faults, errors
 from ocistore._files import disk_full
 from ocistore.archive import apply_layer
 from ocistore.content.types import ContentStore
@@ -166,6 +166,7 @@ def unpack_parts(
             else:
                 for i in range(start, len(chains)):
                     _unpack_one(job, i, sequential=True)
+            _faults.fault_point("unpack.label")
         ctx.content.update(
             parts.manifest.config.digest, {f"containerd.io/gc.ref.snapshot.{snapshotter}": top},
             [f"labels.containerd.io/gc.ref.snapshot.{snapshotter}"],
