@@ -92,23 +92,17 @@ def steps(address: str, archives: Path, out: Path) -> list[tuple[str, Callable[[
 
     def create(cid: str, image: str, snapshotter: str) -> Callable[[Any], None]:
         def fn(s: Any) -> None:
-            try:
+            with contextlib.suppress(errors.AlreadyExists):
                 s.containers.create(cid, image, snapshotter=snapshotter)
-            except errors.AlreadyExists:
-                pass
         return fn
 
     def delete_container(s: Any) -> None:
-        try:
+        with contextlib.suppress(errors.NotFound):
             s.containers.delete("c1")
-        except errors.NotFound:
-            pass
 
     def delete_image(s: Any) -> None:
-        try:
+        with contextlib.suppress(errors.NotFound):
             s.images.delete(zstd)
-        except errors.NotFound:
-            pass
 
     return [
         ("fetch debian:gzip", lambda s: s.fetch(gzip)),

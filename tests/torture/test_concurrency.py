@@ -127,7 +127,7 @@ def test_ten_processes_on_one_root(tmp_path: Path, registry_plain: Any, corpus: 
                                    registry_plain.ref("debian:gzip")], env=_env(),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     results = [p.communicate(timeout=DURATION + 300) for p in procs]
-    for p, (out, err) in zip(procs, results, strict=True):
+    for p, (_out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err.decode()[-3000:]
     counts = [int(out) for out, _ in results]
     print(json.dumps({"pulls": sum(counts[:8]), "gc_runs": counts[8], "containers": counts[9]}))

@@ -44,7 +44,8 @@ def test_fault_point_kills_on_the_nth_hit(tmp_path: Path) -> None:
     import signal
     import subprocess
 
-    code = "from ocistore import _faults\nfor i in range(5):\n    print(i, flush=True)\n    _faults.fault_point('x.y')\n"
+    code = ("from ocistore import _faults\nfor i in range(5):\n"
+            "    print(i, flush=True)\n    _faults.fault_point('x.y')\n")
     env = dict(os.environ, OCISTORE_FAULT="x.y:3", PYTHONPATH=str(REPO))
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert p.returncode == -signal.SIGKILL

@@ -11,6 +11,7 @@ Raise the budget locally with ``OCISTORE_FUZZ_EXAMPLES=<n>`` (every parser gets 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -39,15 +40,13 @@ BUDGET = {
 
 
 def budget(name: str) -> Callable[[Any], Any]:
-    return settings(max_examples=int(_SCALE) if _SCALE else BUDGET[name], deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(max_examples=int(_SCALE) if _SCALE else BUDGET[name], deadline=None, derandomize=True,
+                    database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 def only_ocistore_errors(fn: Callable[[], Any]) -> None:
-    try:
+    with contextlib.suppress(errors.Error):
         fn()
-    except errors.Error:
-        pass
 
 
 # -- strategies ----------------------------------------------------------------------------------------
