@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ocistore import _time, errors
+from ocistore import _faults, _time, errors
 from ocistore._files import atomic_write, disk_full, fsync_dir, remove_tree
 from ocistore._lazy import lazy_module
 from ocistore.content.locks import RefLock
@@ -290,6 +290,7 @@ class LocalWriter:
                 os.ftruncate(self._fd, self._offset)
                 os.lseek(self._fd, self._offset, os.SEEK_SET)
             raise disk_full(exc, f"writing ingest {self._ref!r} (kept for resume)") from exc
+        _faults.fault_point("content.ingest.write")
         self._hasher.update(data)
         self._offset += n
         self._updated = _time.now()
@@ -366,6 +367,7 @@ class LocalWriter:
             committed = _time.to_ns(_time.now())
             os.utime(self._fd, ns=(committed, committed))
             os.fchmod(self._fd, 0o444)
+            _faults.fault_point("content.commit.link")
             try:
                 os.link(self._path / "data", target)
             except FileExistsError:

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 import lmdb
 
-from ocistore import errors
+from ocistore import _faults, errors
 from ocistore._time import now, to_ns
 
 __all__ = ["DB", "SCHEMA_VERSION", "Txn", "key", "prefix"]
@@ -309,6 +309,7 @@ class DB:
             raw.abort()
             raise
         try:
+            _faults.fault_point("metadata.txn.commit")
             raw.commit()
         except lmdb.Error as e:
             raise errors.Unavailable(f"metadata database {self.path}: {e}; free disk space and retry") from e

@@ -261,7 +261,7 @@ def _parse_token_response(
         )
     try:
         data = json.loads(resp.body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise errors.RegistryError(f"token server {realm} answered with invalid JSON", status=resp.status) from exc
     if not isinstance(data, dict):
         raise errors.RegistryError(f"token server {realm} answered with a non-object", status=resp.status)

@@ -355,7 +355,7 @@ def _sniff_media_type(content_type: str, body: bytes, r: Reference) -> str:
     _reject_schema1(content_type, r)
     try:
         doc = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise errors.InvalidArgument(f"{r}: the registry sent a manifest that is not JSON") from exc
     if not isinstance(doc, dict):
         raise errors.InvalidArgument(f"{r}: the registry sent a manifest that is not a JSON object")

@@ -81,7 +81,7 @@ class DockerConfig:
             raise errors.SizeLimitExceeded(f"docker config {path} is larger than {_MAX_CONFIG_BYTES} bytes")
         try:
             data = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise errors.InvalidArgument(f"docker config {path} is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise errors.InvalidArgument(f"docker config {path} must hold a JSON object")
@@ -170,7 +170,7 @@ def run_credential_helper(name: str, server: str) -> tuple[str, str] | None:
     try:
         data = json.loads(proc.stdout)
         user, secret = data.get("Username", ""), data.get("Secret", "")
-    except (ValueError, AttributeError) as exc:
+    except (ValueError, AttributeError, RecursionError) as exc:
         raise errors.InvalidArgument(f"credential helper {exe} printed no JSON credentials") from exc
     if not isinstance(user, str) or not isinstance(secret, str):
         raise errors.InvalidArgument(f"credential helper {exe} printed malformed credentials")

@@ -208,7 +208,11 @@ class _TomlContext:
     def host(self, url: str, table: Mapping[str, Any]) -> RegistryHost:
         if "://" not in url:
             url = "https://" + url
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 -- validates the port (ValueError when not a number in 0-65535)
+        except ValueError as exc:  # "https://[::1" (unclosed IPv6 bracket), bad port
+            raise self.fail(f"invalid host URL {url!r}: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise self.fail(f"invalid host URL {url!r} (want http[s]://host[:port][/path])")
         override = table.get("override_path", False)

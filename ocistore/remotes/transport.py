@@ -113,7 +113,7 @@ def error_codes(body: bytes) -> tuple[tuple[str, ...], str]:
     """The ``code``s and a readable message of a registry JSON error body."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return (), body[:200].decode("utf-8", errors="replace").strip()
     entries = data.get("errors") if isinstance(data, dict) else None
     if not isinstance(entries, list):

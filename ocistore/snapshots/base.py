@@ -28,7 +28,7 @@ from typing import Any
 
 import attrs
 
-from ocistore import errors
+from ocistore import _faults, errors
 from ocistore._files import allocated_bytes, fsync_dir, remove_tree
 from ocistore._time import from_ns, now, to_ns
 from ocistore.filters import Adaptor, label_adaptor, parse_filters
@@ -304,6 +304,7 @@ class SnapshotterBase:
         sid = txn.next_seq(f"snapshots/{self.name}")
         final = self._id_dir(sid)
         remove_tree(final)  # a leftover of a crash before an earlier commit: never referenced
+        _faults.fault_point("snapshots.rename")
         os.rename(tmp, final)
         fsync_dir(self.dir)
         stamp = to_ns(now())

@@ -165,7 +165,7 @@ class LayoutSource:
             raise errors.SizeLimitExceeded(f"{rel} in {self.path} is larger than {MAX_JSON} bytes")
         try:
             return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deep nesting
             raise errors.InvalidArgument(f"{rel} in {self.path} is not valid JSON: {e}") from None
 
     def fetch_into(self, desc: Descriptor, writer: ContentWriter) -> None:

@@ -21,7 +21,7 @@ from concurrent.futures import Future
 
 import attrs
 
-from ocistore import errors
+from ocistore import _faults, errors
 from ocistore._files import disk_full
 from ocistore.archive import apply_layer
 from ocistore.content.types import ContentStore
@@ -159,6 +159,8 @@ def unpack_parts(
         with ctx.lock(f"unpack/{ctx.namespace}/{snapshotter}/{top}"):
             todo = _todo(sn, chains)
             _unpack_todo(ctx, sn, parts, todo, image_ref, snapshot_labels, progress, layer_ready)
+            if todo:
+                _faults.fault_point("unpack.label")
             ctx.content.update(
                 parts.manifest.config.digest, {f"containerd.io/gc.ref.snapshot.{snapshotter}": top},
                 [f"labels.containerd.io/gc.ref.snapshot.{snapshotter}"],
