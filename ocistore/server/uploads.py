@@ -36,6 +36,7 @@ from typing import Protocol
 import attrs
 
 from ocistore import errors
+from ocistore.content.types import ContentWriter
 from ocistore.images.graph import child_gc_labels
 from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
@@ -137,40 +138,37 @@ class Uploads:
         """Bytes received so far."""
         return next((st.offset for st in self.ctx.content.statuses() if st.ref == session.ref), 0)
 
+    def _writer(self, session: Session) -> ContentWriter:
+        """The session's ingest writer; 409 while another request writes it."""
+        try:
+            return self.ctx.content.writer(session.ref)
+        except errors.Unavailable:
+            raise UploadError(409, "BLOB_UPLOAD_INVALID", "another request is writing this upload") from None
+
     def append(self, session: Session, body: Body, start: int | None = None) -> int:
         """Append ``body`` (at ``start`` if given: it must be the current offset); returns the new offset."""
-        with self._under(session.lease):
-            try:
-                writer = self.ctx.content.writer(session.ref)
-            except errors.Unavailable:
-                raise UploadError(409, "BLOB_UPLOAD_INVALID", "another request is writing this upload") from None
-            with writer:
-                offset = writer.status().offset
-                if start is not None and start != offset:
-                    raise UploadError(416, "BLOB_UPLOAD_INVALID", f"the upload is at {offset}, not {start}",
-                                      {"offset": offset})
-                while chunk := body.read(_CHUNK):
-                    writer.write(chunk)
-                return writer.status().offset
+        with self._under(session.lease), self._writer(session) as writer:
+            offset = writer.status().offset
+            if start is not None and start != offset:
+                raise UploadError(416, "BLOB_UPLOAD_INVALID", f"the upload is at {offset}, not {start}",
+                                  {"offset": offset})
+            while chunk := body.read(_CHUNK):
+                writer.write(chunk)
+            return writer.status().offset
 
     def finish(self, session: Session, digest: str, body: Body) -> str:
         """Append ``body`` and commit the upload as ``digest`` (verified); the session ends either way."""
         try:
-            with self._under(session.lease):
+            with self._under(session.lease), self._writer(session) as writer:
+                while chunk := body.read(_CHUNK):
+                    writer.write(chunk)
                 try:
-                    writer = self.ctx.content.writer(session.ref)
-                except errors.Unavailable:
-                    raise UploadError(409, "BLOB_UPLOAD_INVALID", "another request is writing this upload") from None
-                with writer:
-                    while chunk := body.read(_CHUNK):
-                        writer.write(chunk)
-                    try:
-                        writer.commit(expected=digest)
-                    except errors.AlreadyExists:
-                        pass
-                    except errors.DigestMismatch as exc:
-                        raise UploadError(400, "DIGEST_INVALID", "the uploaded content does not match the digest",
-                                          {"digest": digest, "actual": exc.actual}) from None
+                    writer.commit(expected=digest)
+                except errors.AlreadyExists:
+                    pass
+                except errors.DigestMismatch as exc:
+                    raise UploadError(400, "DIGEST_INVALID", "the uploaded content does not match the digest",
+                                      {"digest": digest, "actual": exc.actual}) from None
             return digest
         finally:
             self._end(session, keep_lease=True)
