@@ -22,6 +22,7 @@ import stat
 from collections.abc import Callable
 
 from ocistore import errors
+from ocistore.oci.paths import clean_member_name
 
 __all__ = ["MAX_LINKS", "Resolver", "clean_name", "is_whiteout_device"]
 
@@ -33,26 +34,8 @@ CreateHook = Callable[[str, "str | None", bool], None]
 
 
 def clean_name(name: str, what: str = "member") -> list[str]:
-    """The components of a member name, cleaned; ``[]`` for the root itself.
-
-    A leading ``/`` is dropped (absolute names are re-rooted); ``.`` and empty
-    components vanish; ``..`` removes the previous component and raises
-    :class:`~ocistore.errors.UnsafeArchive` when it would climb above the root.
-    """
-    parts = name.split("/")
-    if "" not in parts and "." not in parts and ".." not in parts:
-        return parts
-    out: list[str] = []
-    for part in parts:
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not out:
-                raise errors.UnsafeArchive(f"{what} {name!r} escapes the root through '..'")
-            out.pop()
-        else:
-            out.append(part)
-    return out
+    """The components of a member name, cleaned (see :func:`ocistore.oci.paths.clean_member_name`)."""
+    return clean_member_name(name, what)
 
 
 def is_whiteout_device(st: os.stat_result) -> bool:

@@ -25,6 +25,7 @@ import attrs
 
 from ocistore import errors
 from ocistore.oci.digest import validate_digest
+from ocistore.oci.paths import clean_member_name
 
 __all__ = [
     "DATA_TYPES",
@@ -49,22 +50,9 @@ _GO_ESCAPES = re.compile("[<>&\u2028\u2029]")
 
 
 def clean_name(name: str, what: str = "eStargz TOC entry") -> str:
-    """A name as stargz cleans it (relative to the root, no ``.``, no empty parts).
-
-    ``..`` that would climb above the root raises ``UnsafeArchive`` (Go's ``path.Clean``
-    silently drops it; refusing is safer and matches ocistore's layer apply).
-    """
-    out: list[str] = []
-    for part in name.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not out:
-                raise errors.UnsafeArchive(f"{what} {name!r} escapes the root through '..'")
-            out.pop()
-        else:
-            out.append(part)
-    return "/".join(out)
+    """A name as stargz cleans it (relative to the root, no ``.``, no empty parts); ``..``
+    climbing above the root raises ``UnsafeArchive`` (see :func:`ocistore.oci.paths.clean_member_name`)."""
+    return "/".join(clean_member_name(name, what))
 
 
 def format_modtime(mtime_ns: int) -> str:
