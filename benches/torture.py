@@ -285,6 +285,9 @@ class Torture:
         self.hashed: dict[tuple[str, int, int], bool] = {}
         self.max_kills = MAX_KILLS_PER_EPISODE
         self.startup = 0.3  # seconds from spawn to the first step, measured in prepare()
+        # children read byte-compiled modules from here: with PYTHONDONTWRITEBYTECODE=1 (set on
+        # our machines) each of the hundreds of children would otherwise recompile the package
+        self.pycache = work / "pycache"
 
     # setup
     def prepare(self) -> None:
@@ -292,6 +295,8 @@ class Torture:
         from ocistore import Store
 
         self.archives.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "ocistore"), str(REPO / "benches")],
+                       env=self._env(), check=True, stdout=subprocess.DEVNULL)
         with Store(self.work / "prep", plain_http=True) as s:
             s.fetch(f"{self.address}/debian:zstd")
             s.fetch(f"{self.address}/multi:index", all_platforms=True)
@@ -315,7 +320,7 @@ class Torture:
         self.n_steps = len(self.checkpoints) - 1
         self.stats["episode_seconds"] = round(sum(self.step_seconds), 2)
         t0 = time.monotonic()
-        subprocess.run([sys.executable, "-c", "import ocistore, ocistore.store"], cwd=REPO, env=child_env(),
+        subprocess.run([sys.executable, "-c", "import ocistore, ocistore.store"], cwd=REPO, env=self._env(),
                        check=True)
         self.startup = time.monotonic() - t0
         log(f"reference episode: {wall:.1f} s wall, steps {sum(self.step_seconds):.1f} s, "
@@ -330,8 +335,11 @@ class Torture:
         if reference:
             cmd.append("--reference")
         self.stats["runs"] += 1
-        return subprocess.Popen(cmd, cwd=REPO, env=child_env({"OCISTORE_FAULT": fault} if fault else None),
+        return subprocess.Popen(cmd, cwd=REPO, env=self._env({"OCISTORE_FAULT": fault} if fault else {}),
                                 stderr=subprocess.PIPE)
+
+    def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return child_env({"PYTHONPYCACHEPREFIX": str(self.pycache), **(extra or {})})
 
     # one episode
     def episode(self) -> None:

@@ -6,7 +6,7 @@ named fault points of ``ocistore/_faults.py``. After each kill the store must pa
 (or report only orphans that ``check(repair=True)`` removes) and hold every object a clean
 reference episode had committed by then, byte for byte; see benches/torture.py for the rules.
 
-Budget: about 100 kills, bounded to 150 s of torture (plus ~15 s of setup).
+Budget: about 100 kills, bounded to 270 s of torture (plus ~15 s of setup).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from benches.torture import FAULT_POINTS, Torture  # noqa: E402
 pytestmark = [pytest.mark.registry, pytest.mark.slow]
 
 QUICK_KILLS = 100
-QUICK_BUDGET = 150.0
+QUICK_BUDGET = 270.0
 
 
 def test_fault_points_are_all_placed() -> None:
@@ -61,5 +61,5 @@ def test_killed_operations_leave_consistent_stores(tmp_path: Path, registry_plai
     print(json.dumps(stats, indent=1))
     assert stats["inconsistent"] == 0, stats["problems"]
     assert stats["lost"] == 0, stats["problems"]
-    assert stats["kills"] >= 30, f"only {stats['kills']} kills landed inside an operation"
+    assert stats["kills"] >= 60, f"only {stats['kills']} kills landed inside an operation"
     assert stats["episodes"] >= 2
