@@ -317,15 +317,21 @@ class SnapshotterBase:
 
     # -- commit -------------------------------------------------------------------------------
     def commit(
-        self, name: str, key: str, labels: Mapping[str, str] | None = None, parent: str | None = None
+        self, name: str, key: str, labels: Mapping[str, str] | None = None, parent: str | None = None,
+        *, usage: Usage | None = None,
     ) -> None:
-        """Commit the active snapshot ``key`` as ``name``; ``parent`` rebases a parentless one."""
+        """Commit the active snapshot ``key`` as ``name``; ``parent`` rebases a parentless one.
+
+        ``usage`` is what the caller counted while writing the snapshot (``apply_layer``'s
+        ``ApplyResult.usage``); without it the directory is walked.
+        """
         self._check_open()
         _check_name(name, "name")
         wanted = validate_labels(labels, self._what(name))
         with self.db.read() as txn:
             rec = self._get(txn, key)
-        usage = disk_usage(self._fs(rec.id)) if rec is not None and rec.kind is Kind.ACTIVE else None
+        if usage is None and rec is not None and rec.kind is Kind.ACTIVE:
+            usage = disk_usage(self._fs(rec.id))
         with self.db.write() as txn:
             if txn.has(_TABLE, self._key(name)):
                 raise errors.AlreadyExists(f"{self._what(name)} already exists; commit under another name")
