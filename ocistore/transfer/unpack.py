@@ -17,24 +17,31 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import attrs
 
 from ocistore import _faults, errors
 from ocistore._files import disk_full
-from ocistore.archive import apply_layer
+from ocistore._lazy import lazy_module
 from ocistore.content.types import ContentStore
 from ocistore.images.image import ImageParts, image_parts
 from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.platform import PlatformArg
 from ocistore.snapshots.types import Kind, SnapshotInfo, Snapshotter, Usage
-from ocistore.transfer import evict
 from ocistore.transfer.context import OperationContext
 from ocistore.transfer.progress import Progress, ProgressEvent, ref_key
 from ocistore.transfer.workers import check_cancelled, worker_pool
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from ocistore import archive
+    from ocistore.transfer import evict
+else:
+    archive = lazy_module("ocistore.archive")  # the layer applier: not loaded by a create that finds the chain
+    evict = lazy_module("ocistore.transfer.evict")  # only with a snapshot budget
 
 __all__ = ["first_missing_layer", "is_unpacked", "snapshot_labels_for", "unpack_image", "unpack_parts"]
 
@@ -259,7 +266,7 @@ def _apply(job: _Job, i: int, key: str) -> Usage | None:
     progress.emit(lref, layer.digest, "layer", "extracting", 0, layer.size)
     overlay = job.sn.supports_mount  # layers are diffs over their parents: overlay whiteouts
     with stream, _disk_errors(f"unpacking layer {layer.digest} into {job.sn.name}"):
-        result = apply_layer(
+        result = archive.apply_layer(
             stream, job.sn.path(key), media_type=layer.media_type, overlay=overlay,
             # the blob was verified when it was committed; the diffID check covers the bytes applied
             expected_diff_id=job.parts.diff_ids[i], blob_digest=False,
