@@ -24,19 +24,25 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ocistore import _faults, errors
 from ocistore._files import allocated_bytes, fsync_dir, remove_tree
+from ocistore._lazy import lazy_module
 from ocistore._time import from_ns, now, to_ns
-from ocistore.filters import Adaptor, label_adaptor, parse_filters
 from ocistore.layout import NEW_PREFIX, RootLayout
 from ocistore.metadata.db import DB, Txn, key, prefix
 from ocistore.metadata.labels import MAX_LABEL_SIZE
 from ocistore.metadata.labels import validate_labels as _validate_labels
 from ocistore.snapshots.types import Kind, Mount, SnapshotInfo, Usage
+
+if TYPE_CHECKING:
+    from ocistore import filters as _filters
+    from ocistore.filters import Adaptor
+else:
+    _filters = lazy_module("ocistore.filters")  # compiled on the first filtered walk
 
 __all__ = [
     "LABEL_SIZE_LIMIT",
@@ -468,7 +474,7 @@ class SnapshotterBase:
     def walk(self, filters: str | Sequence[str] | None = None) -> Iterator[SnapshotInfo]:
         """Every snapshot of this namespace matching ``filters`` (fields kind, name, parent, labels.*)."""
         self._check_open()
-        match = parse_filters(filters)
+        match = _filters.parse_filters(filters)
         pfx = prefix(self.namespace, self.name)
         with self.db.read() as txn:
             infos = [
@@ -533,4 +539,4 @@ def _updated_labels(
 def _adaptor(info: SnapshotInfo) -> Adaptor:
     """The filter adaptor of a snapshot: kind, name, parent (always present), labels.<k>."""
     fields = {"kind": info.kind.value, "name": info.name, "parent": info.parent}
-    return label_adaptor(fields, info.labels)
+    return _filters.label_adaptor(fields, info.labels)

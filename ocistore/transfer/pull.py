@@ -31,7 +31,7 @@ from ocistore.transfer.fetch import fetch_blob, fetch_graph
 from ocistore.transfer.progress import Progress, ProgressEvent
 from ocistore.transfer.sources import RegistrySource
 from ocistore.transfer.tee import BlobTee
-from ocistore.transfer.unpack import first_missing_layer, unpack_parts
+from ocistore.transfer.unpack import MAX_PARALLEL_APPLY, first_missing_layer, unpack_parts
 from ocistore.transfer.workers import worker_pool
 
 if TYPE_CHECKING:
@@ -138,7 +138,9 @@ def _unpack_streaming(
     for d in needed:
         prog.emit(f"layer-{d.digest}", d.digest, "layer", "waiting", 0, d.size)
     # eStargz layers are checked against their TOC, read from the blob's end: no tee for them
-    tees = {d.digest: BlobTee(d.size) for d in needed
+    # the applies that start at once (overlayfs: up to MAX_PARALLEL_APPLY; else the first)
+    soon = {d.digest for d in parts.layers[start:start + (MAX_PARALLEL_APPLY if _rebases(ctx, snapshotter) else 1)]}
+    tees = {d.digest: BlobTee(d.size, expect_reader=d.digest in soon) for d in needed
             if d.digest in applied and ESTARGZ_TOC not in d.annotations}
     with worker_pool(min(parallel, len(needed) or 1)) as pool:
         futures = {d.digest: pool.submit(fetch_blob, ctx.content, source, d, prog, tees.get(d.digest))
@@ -168,6 +170,10 @@ def _unpack_streaming(
                 tee.close()
         for f in futures.values():
             f.result()
+
+
+def _rebases(ctx: OperationContext, snapshotter: str) -> bool:
+    return bool(getattr(ctx.snapshotter(snapshotter), "supports_rebase", False))
 
 
 def discard_unpacked_layers(content: ContentStore, manifest: Descriptor, layers: list[Descriptor]) -> None:

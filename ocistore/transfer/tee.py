@@ -10,8 +10,9 @@ read, and its snapshot is committed only after the blob itself was verified and 
 
 Memory stays flat: the tee holds at most :data:`BUFFER` bytes. While an apply reads from
 it, a download that gets ahead waits for room (the two run at the slower one's pace, which
-is all a pull needs). A tee nobody reads yet (its apply waits for an earlier layer) stops
-buffering past :data:`BUFFER` and *detaches*; so does one whose download resumes a partial
+is all a pull needs). A tee nobody reads yet stops buffering past :data:`BUFFER` and
+*detaches* -- at once when its apply waits for earlier layers, after at most
+:data:`ATTACH_WAIT` when the apply is about to start (``expect_reader``); so does one whose download resumes a partial
 ingest (the bytes already on disk never pass through it) or restarts. A detached tee's
 reader goes on from the committed blob in the content store, at the offset it reached.
 """
@@ -20,22 +21,27 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable
 from typing import BinaryIO
 
 from ocistore.transfer.workers import check_cancelled
 
-__all__ = ["BUFFER", "BlobTee", "TeeReader"]
+__all__ = ["ATTACH_WAIT", "BUFFER", "BlobTee", "TeeReader"]
 
 BUFFER = 8 << 20
+ATTACH_WAIT = 2.0  # seconds a download waits for an expected reader before detaching
 _WAIT = 0.1  # seconds between cancellation checks while waiting
 
 
 class BlobTee:
     """Chunks of one blob, from its download to one reader (see the module docstring)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, expect_reader: bool = False) -> None:
+        """A tee for a blob of ``size`` bytes; ``expect_reader``: an apply will attach soon."""
         self.size = size
+        # a full buffer waits up to ATTACH_WAIT for the expected reader before detaching
+        self._attach_deadline = 0.0 if not expect_reader else -1.0
         self._cond = threading.Condition()
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
@@ -66,7 +72,7 @@ class BlobTee:
             if start != self._queued:  # not the next bytes (restarted at another offset)
                 self._detach()
                 return
-            while self._attached and self._buffered >= BUFFER and not (self._closed or self._detached):
+            while self._buffered >= BUFFER and not (self._closed or self._detached) and self._may_wait():
                 self._cond.wait(_WAIT)
                 check_cancelled()
             if self._detached or self._closed:
@@ -78,6 +84,17 @@ class BlobTee:
             self._buffered += len(data)
             self._queued += len(data)
             self._cond.notify_all()
+
+    def _may_wait(self) -> bool:
+        """Whether a full buffer makes the download wait (else it detaches)."""
+        if self._attached:
+            return True
+        if self._attach_deadline == 0.0:
+            return False
+        now = time.monotonic()
+        if self._attach_deadline < 0:
+            self._attach_deadline = now + ATTACH_WAIT
+        return now < self._attach_deadline
 
     def truncate(self) -> None:
         """The download restarts from byte 0."""
