@@ -20,6 +20,7 @@ from ocistore.archive._tarformat import (
     TarEntry,
     TarReader,
 )
+from ocistore.archive._usage import UsageCounter
 from ocistore.archive._writer import (
     MetadataPolicy,
     create_file,
@@ -60,6 +61,7 @@ class Applier:
         self.removals = 0
         self.entries = 0
         self.skipped_devices = 0
+        self.counter = UsageCounter(root)  # what this apply allocates, for the snapshot's usage
 
     # -- driver ----------------------------------------------------------------------------
 
@@ -77,6 +79,12 @@ class Applier:
             self._apply_dir_times()
         except OSError as exc:
             raise _archive_error(exc, "directory times") from None
+
+    def disk_usage(self) -> tuple[int, int] | None:
+        """``(allocated bytes, inodes)`` under the root, when the apply alone accounts for them."""
+        if self.removals:
+            return None
+        return self.counter.result()
 
     def apply(self, entry: TarEntry, reader: TarReader) -> None:
         """Apply one member (its data is read from ``reader``)."""
@@ -147,6 +155,7 @@ class Applier:
             if mode & policy.chmod_bits:
                 os.fchmod(fd, mode)
             os.utime(fd, ns=times_of(entry))
+            self.counter.file(rel, os.fstat(fd))
         finally:
             os.close(fd)
 
@@ -167,6 +176,7 @@ class Applier:
                 _whiteouts.set_opaque(self, rel, entry.name)
         self._metadata(entry, path, regular_or_dir=True)
         self.dir_times.append((rel, *times_of(entry)))
+        self.counter.directory(rel)
 
     def _symlink(self, entry: TarEntry, rel: str, path: str) -> None:
         self._replacing(rel)
@@ -176,6 +186,7 @@ class Applier:
             self._clear(rel, path)
             os.symlink(entry.linkname, path)
         self._metadata(entry, path, regular_or_dir=False, chmod=False)
+        self.counter.other(rel)
 
     def _hardlink(self, entry: TarEntry, rel: str, path: str) -> None:
         target_parts = clean_name(entry.linkname, f"hard link target of {entry.name!r}:")
@@ -199,6 +210,7 @@ class Applier:
         except FileExistsError:
             self._clear(rel, path)
             os.link(target, path, follow_symlinks=False)
+        self.counter.other(rel)
         # no metadata: a hard link shares the inode (and metadata) of its target
 
     def _special(self, entry: TarEntry, rel: str, path: str) -> bool:
@@ -225,6 +237,7 @@ class Applier:
             self.skipped_devices += 1  # no CAP_MKNOD after all (user namespace, container)
             return False
         self._metadata(entry, path, regular_or_dir=False)
+        self.counter.other(rel)
         return True
 
     def _metadata(self, entry: TarEntry, path: str, *, regular_or_dir: bool, chmod: bool = True) -> None:
@@ -243,6 +256,7 @@ class Applier:
     def _parent_created(self, rel: str, template: str | None, opaque: bool) -> None:
         """A missing parent directory was created: copy a lower dir's attributes (overlay)."""
         self.mark(rel)
+        self.counter.directory(rel)
         if opaque:
             _whiteouts.set_opaque(self, rel, rel)
         if template is None:

@@ -16,6 +16,7 @@ from ocistore.archive._estargz import EStargzTarReader, is_estargz, prepare_veri
 from ocistore.archive._pipeline import Pipeline
 from ocistore.archive._tarformat import TarReader
 from ocistore.oci.digest import algorithm_of
+from ocistore.snapshots.types import Usage
 
 __all__ = ["ApplyResult", "apply_layer"]
 
@@ -28,7 +29,10 @@ class ApplyResult:
     blob as read; ``uncompressed_size`` counts every byte of the tar stream
     (trailing bytes after the end-of-archive marker included, as they are hashed),
     ``entries`` the members applied or skipped, and ``skipped_devices`` the device
-    nodes not created for lack of privilege.
+    nodes not created for lack of privilege. ``usage`` is the allocated bytes and inodes
+    under the root when the apply alone accounts for them (the root was empty and nothing
+    was removed or replaced), else None: what a snapshotter records on commit without
+    walking the tree.
     """
 
     diff_id: str
@@ -39,6 +43,7 @@ class ApplyResult:
     compression: str = "none"
     skipped_devices: int = 0
     toc_digest: str = ""
+    usage: Usage | None = None
 
 
 def apply_layer(
@@ -130,11 +135,17 @@ def apply_layer(
         compression=pipeline.compression,
         skipped_devices=applier.skipped_devices,
         toc_digest=verifier.toc_blob.digest if verifier is not None else "",
+        usage=_usage(applier),
     )
     _verify(result, expected_digest, expected_size, expected_diff_id)
     if verifier is not None:
         verifier.finish(pipeline.members, pipeline.uncompressed_size)
     return result
+
+
+def _usage(applier: Applier) -> Usage | None:
+    counted = applier.disk_usage()
+    return None if counted is None else Usage(size=counted[0], inodes=counted[1])
 
 
 def _is_gzip(stream: BinaryIO, compression: str) -> bool:

@@ -71,6 +71,7 @@ ReadCompressed = Callable[[int], bytes]
 """Reads up to n compressed bytes; ``b""`` at the end of the blob."""
 
 READ_CHUNK = 1 << 18
+_ZSTD_READ = 1 << 20  # zstd decodes ~4x faster than inflate: fewer, larger reads
 
 
 def _decode_none(read: ReadCompressed) -> Iterator[bytes]:
@@ -266,7 +267,7 @@ class _WalkingSource:
 def _decode_zstd(read: ReadCompressed) -> Iterator[bytes]:
     source = _WalkingSource(read)
     reader = zstandard.ZstdDecompressor().stream_reader(
-        cast(IO[bytes], source), read_size=READ_CHUNK, read_across_frames=True
+        cast(IO[bytes], source), read_size=_ZSTD_READ, read_across_frames=True
     )
     try:
         while out := reader.read(OUTPUT_CHUNK):

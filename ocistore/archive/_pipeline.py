@@ -96,6 +96,9 @@ class Pipeline:
     def close(self) -> None:
         """Stop the workers (they may be blocked on a full queue) and wait for them."""
         self._stop.set()
+        stop_reading = getattr(self._stream, "stop_reading", None)
+        if stop_reading is not None:  # a stream fed by a download (transfer.tee): do not wait for it
+            stop_reading()
         for thread in self._threads:
             while thread.is_alive():
                 for q in (self._compressed_q, self._plain_q):

@@ -22,6 +22,7 @@ from typing import Protocol
 from ocistore import errors
 from ocistore.archive._paths import Resolver
 from ocistore.archive._tarformat import TarEntry
+from ocistore.archive._usage import UsageCounter
 from ocistore.archive._writer import MetadataPolicy, times_of
 
 __all__ = ["OPAQUE", "WHITEOUT_PREFIX", "LayerTarget", "apply_whiteout", "set_opaque"]
@@ -46,6 +47,7 @@ class LayerTarget(Protocol):
     unpacked: set[str]  # paths (relative to root) this layer wrote: a whiteout keeps them
     keep: set[str]  # their ancestors: directories a whiteout must not remove
     removals: int  # count of removed paths; a native whiteout increments it
+    counter: UsageCounter  # told of the whiteout devices created (overlay mode)
 
 
 def apply_whiteout(applier: LayerTarget, entry: TarEntry, parts: list[str]) -> None:
@@ -140,6 +142,7 @@ def _overlay_whiteout(applier: LayerTarget, entry: TarEntry, parts: list[str], n
     if applier.policy.chown:
         os.lchown(path, entry.uid, entry.gid)
     os.utime(path, ns=times_of(entry), follow_symlinks=False)
+    applier.counter.other(rel)
 
 
 def set_opaque(applier: LayerTarget, rel: str, member: str) -> None:

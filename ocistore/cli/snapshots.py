@@ -7,7 +7,6 @@ import os
 import shlex
 from collections.abc import Callable, Iterable
 
-from ocistore import mount
 from ocistore.cli.args import for_each, parse_labels, parse_size, size_arg
 from ocistore.cli.context import Context, UsageError
 from ocistore.cli.output import human_size, print_json, print_table
@@ -163,6 +162,8 @@ def mount_on(ctx: Context, mounts: list[Mount], target: str) -> int:
     """Mount ``mounts`` on ``target`` (an existing directory) and print the target."""
     if not os.path.isdir(target):
         raise UsageError(f"mount target {target} is not a directory; create it first")
+    from ocistore import mount  # loaded by the verbs that mount
+
     mount.mount(mounts, target)
     ctx.out(os.path.abspath(target))
     return 0
@@ -175,6 +176,8 @@ def cmd_mount(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_umount(ctx: Context, args: argparse.Namespace) -> int:
     """``snapshots umount TARGET`` (also ``containers umount``)."""
+    from ocistore import mount  # loaded by the verbs that mount
+
     mount.unmount(args.target, detach=args.lazy)
     return 0
 

@@ -39,6 +39,7 @@ else:
 __all__ = ["MAX_READ", "LocalStore", "LocalWriter", "read_verified"]
 
 _CHUNK = 1 << 20
+_WRITEBACK = 16 << 20  # start the writeback of an ingest every 16 MiB written
 MAX_READ = 64 << 20
 """The largest blob :meth:`LocalStore.read` returns whole (the same cap as ``Store.content.read``)."""
 _NO_LABELS = "the bare blob store keeps no labels; label blobs through Store.content"
@@ -228,6 +229,7 @@ class LocalWriter:
         self._fd: int = -1
         self._hasher: Hasher
         self._offset = 0
+        self._flushed = 0  # bytes whose writeback was started
         self._total = 0
         self._started: datetime
         self._updated: datetime
@@ -246,7 +248,7 @@ class LocalWriter:
             w._fd = os.open(w._path / "data", os.O_RDWR | os.O_CLOEXEC)
             while chunk := os.read(w._fd, _CHUNK):
                 w._hasher.update(chunk)
-            w._offset = os.lseek(w._fd, 0, os.SEEK_CUR)
+            w._offset = w._flushed = os.lseek(w._fd, 0, os.SEEK_CUR)
             w._total = st.total or total
             w._started, w._updated = st.started_at, st.updated_at
             if total and not st.total:
@@ -293,8 +295,18 @@ class LocalWriter:
         _faults.fault_point("content.ingest.write")
         self._hasher.update(data)
         self._offset += n
+        if self._offset - self._flushed >= _WRITEBACK:
+            self._start_writeback()
         self._updated = _time.now()
         return n
+
+    def _start_writeback(self) -> None:
+        """Start writing the bytes so far to disk, without waiting (the commit's fsync then
+        has little left to do). ``POSIX_FADV_DONTNEED`` on Linux starts the writeback of the
+        range's dirty pages; pages still dirty or under writeback stay cached."""
+        start, self._flushed = self._flushed, self._offset
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(self._fd, start, self._offset - start, os.POSIX_FADV_DONTNEED)
 
     def status(self) -> IngestStatus:
         """Offset, total and times of this ingest."""
@@ -318,7 +330,7 @@ class LocalWriter:
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)
         self._hasher = new_hasher(self._hasher_name())
-        self._offset = 0
+        self._offset = self._flushed = 0
         self._updated = _time.now()
 
     def commit(

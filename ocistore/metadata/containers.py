@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 import attrs
 
 from ocistore import _time, errors
-from ocistore.metadata.db import DB, key, prefix, split_key
+from ocistore.metadata.db import DB, Txn, key, prefix, split_key
 from ocistore.metadata.labels import validate_labels
 
 __all__ = ["ContainerRecord", "ContainerRecords"]
@@ -69,11 +69,12 @@ class ContainerRecords:
         with self.db.read() as txn:
             return [_from_record(split_key(k)[1], r) for k, r in txn.scan("containers", prefix(self.ns))]
 
-    def create(self, record: ContainerRecord) -> ContainerRecord:
+    def create(self, record: ContainerRecord, also: Callable[[Txn], None] | None = None) -> ContainerRecord:
         """Store a new container and return it with cleaned labels and both timestamps set.
 
         The record's own timestamps are ignored. InvalidArgument for a bad id or label;
-        AlreadyExists if the id is taken in this namespace.
+        AlreadyExists if the id is taken in this namespace. ``also(txn)`` writes more in the
+        same transaction (a create records the image's use with it: one commit, not two).
         """
         validate_id(record.id)
         labels = validate_labels(record.labels, f"container {record.id}: ")
@@ -87,6 +88,8 @@ class ContainerRecords:
                 "image": record.image, "snapshotter": record.snapshotter,
                 "snapshot_key": record.snapshot_key, "labels": labels, "created_at": t, "updated_at": t,
             })
+            if also is not None:
+                also(txn)
         return attrs.evolve(record, labels=labels, created_at=_time.from_ns(t), updated_at=_time.from_ns(t))
 
     def delete(self, cid: str) -> ContainerRecord:

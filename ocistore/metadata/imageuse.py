@@ -12,7 +12,7 @@ for the names it no longer finds).
 from __future__ import annotations
 
 from ocistore._time import now, to_ns
-from ocistore.metadata.db import DB, key, prefix
+from ocistore.metadata.db import DB, Txn, key, prefix
 
 __all__ = ["ImageUse"]
 
@@ -31,9 +31,13 @@ class ImageUse:
         """Record that image ``name`` was used in ``snapshotter`` now (or at ``when``, in ns)."""
         if self.db.readonly:
             return
-        stamp = to_ns(now()) if when is None else when
         with self.db.write() as txn:
-            txn.put(_TABLE, key(self.namespace, snapshotter, name), {"last_used": stamp})
+            self.touch_in(txn, snapshotter, name, when)
+
+    def touch_in(self, txn: Txn, snapshotter: str, name: str, when: int | None = None) -> None:
+        """:meth:`touch` inside the caller's write transaction ``txn``."""
+        stamp = to_ns(now()) if when is None else when
+        txn.put(_TABLE, key(self.namespace, snapshotter, name), {"last_used": stamp})
 
     def last_used(self, snapshotter: str) -> dict[str, int]:
         """``image name -> last used (ns)`` of every recorded image in ``snapshotter``."""

@@ -24,19 +24,25 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ocistore import _faults, errors
 from ocistore._files import allocated_bytes, fsync_dir, remove_tree
+from ocistore._lazy import lazy_module
 from ocistore._time import from_ns, now, to_ns
-from ocistore.filters import Adaptor, label_adaptor, parse_filters
 from ocistore.layout import NEW_PREFIX, RootLayout
 from ocistore.metadata.db import DB, Txn, key, prefix
 from ocistore.metadata.labels import MAX_LABEL_SIZE
 from ocistore.metadata.labels import validate_labels as _validate_labels
 from ocistore.snapshots.types import Kind, Mount, SnapshotInfo, Usage
+
+if TYPE_CHECKING:
+    from ocistore import filters as _filters
+    from ocistore.filters import Adaptor
+else:
+    _filters = lazy_module("ocistore.filters")  # compiled on the first filtered walk
 
 __all__ = [
     "LABEL_SIZE_LIMIT",
@@ -317,15 +323,21 @@ class SnapshotterBase:
 
     # -- commit -------------------------------------------------------------------------------
     def commit(
-        self, name: str, key: str, labels: Mapping[str, str] | None = None, parent: str | None = None
+        self, name: str, key: str, labels: Mapping[str, str] | None = None, parent: str | None = None,
+        *, usage: Usage | None = None,
     ) -> None:
-        """Commit the active snapshot ``key`` as ``name``; ``parent`` rebases a parentless one."""
+        """Commit the active snapshot ``key`` as ``name``; ``parent`` rebases a parentless one.
+
+        ``usage`` is what the caller counted while writing the snapshot (``apply_layer``'s
+        ``ApplyResult.usage``); without it the directory is walked.
+        """
         self._check_open()
         _check_name(name, "name")
         wanted = validate_labels(labels, self._what(name))
         with self.db.read() as txn:
             rec = self._get(txn, key)
-        usage = disk_usage(self._fs(rec.id)) if rec is not None and rec.kind is Kind.ACTIVE else None
+        if usage is None and rec is not None and rec.kind is Kind.ACTIVE:
+            usage = disk_usage(self._fs(rec.id))
         with self.db.write() as txn:
             if txn.has(_TABLE, self._key(name)):
                 raise errors.AlreadyExists(f"{self._what(name)} already exists; commit under another name")
@@ -462,7 +474,7 @@ class SnapshotterBase:
     def walk(self, filters: str | Sequence[str] | None = None) -> Iterator[SnapshotInfo]:
         """Every snapshot of this namespace matching ``filters`` (fields kind, name, parent, labels.*)."""
         self._check_open()
-        match = parse_filters(filters)
+        match = _filters.parse_filters(filters)
         pfx = prefix(self.namespace, self.name)
         with self.db.read() as txn:
             infos = [
@@ -527,4 +539,4 @@ def _updated_labels(
 def _adaptor(info: SnapshotInfo) -> Adaptor:
     """The filter adaptor of a snapshot: kind, name, parent (always present), labels.<k>."""
     fields = {"kind": info.kind.value, "name": info.name, "parent": info.parent}
-    return label_adaptor(fields, info.labels)
+    return _filters.label_adaptor(fields, info.labels)

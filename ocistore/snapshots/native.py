@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ocistore._lazy import lazy_module
 from ocistore.layout import fs_of
-from ocistore.snapshots._copy import copy_tree
 from ocistore.snapshots.base import SnapshotRecord, SnapshotterBase
 from ocistore.snapshots.types import Kind, Mount
+
+if TYPE_CHECKING:
+    from ocistore.snapshots import _copy
+else:
+    _copy = lazy_module("ocistore.snapshots._copy")  # (and logging) loaded by the first copy
 
 __all__ = ["NativeSnapshotter"]
 
@@ -29,7 +35,7 @@ class NativeSnapshotter(SnapshotterBase):
     def _build(self, tmp: Path, kind: Kind, parent_ids: list[int]) -> None:
         fs = fs_of(tmp)
         if parent_ids:
-            copy_tree(self._fs(parent_ids[0]), fs)
+            _copy.copy_tree(self._fs(parent_ids[0]), fs)
         else:
             fs.mkdir()
             os.chmod(fs, 0o755)  # noqa: S103 - a root filesystem is 0755 (testsuite RootPermission)

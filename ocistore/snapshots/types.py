@@ -97,9 +97,14 @@ class Snapshotter(Protocol):
         ...
 
     def commit(
-        self, name: str, key: str, labels: Mapping[str, str] | None = None, parent: str | None = None
+        self, name: str, key: str, labels: Mapping[str, str] | None = None, parent: str | None = None,
+        *, usage: Usage | None = None,
     ) -> None:
-        """Turn the active snapshot ``key`` into the committed snapshot ``name``."""
+        """Turn the active snapshot ``key`` into the committed snapshot ``name``.
+
+        ``usage``: the snapshot's usage when the caller counted it while writing (a layer
+        apply does); otherwise the snapshotter measures the directory.
+        """
         ...
 
     def stat(self, key: str) -> SnapshotInfo:

@@ -82,9 +82,11 @@ class Containers:
         parts = image_parts(ctx.content, img.target, platform, image=img.name)
         sn = ctx.snapshotter(snapshotter)
         # An active snapshot is a GC root by itself, so the warm path needs no lease.
+        use = ctx.image_use
+        touch = None if use is None or use.db.readonly else (
+            lambda txn: use.touch_in(txn, snapshotter, img.name))  # recorded with the container: one commit
         try:
             sn.prepare(id, parts.chain_id)
-            ctx.touch(snapshotter, img.name)
         except errors.NotFound:
             with ctx.lease():
                 # unpack_parts records the use and, over a snapshot budget, evicts other images
@@ -94,7 +96,7 @@ class Containers:
         try:
             rec = self._records.create(ContainerRecord(
                 id=id, image=img.name, snapshotter=snapshotter, snapshot_key=id, labels=dict(labels or {}),
-            ))
+            ), also=touch)
         except BaseException:
             sn.remove(id)
             raise

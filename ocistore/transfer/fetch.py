@@ -14,7 +14,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ocistore import errors
 from ocistore.content.types import ContentStore, ContentWriter, IngestStatus
@@ -27,6 +27,9 @@ from ocistore.oci.mediatypes import kind_of
 from ocistore.oci.platform import PlatformArg, PlatformMatcher
 from ocistore.transfer.progress import Progress, ref_key
 from ocistore.transfer.workers import check_cancelled, worker_pool
+
+if TYPE_CHECKING:
+    from ocistore.transfer.tee import BlobTee
 
 __all__ = ["Source", "fetch_graph", "fetch_blob"]
 
@@ -52,8 +55,29 @@ def _writer_ref(desc: Descriptor) -> str:
     return f"{kind}-{name}@{desc.digest}" if name else f"{kind}-{desc.digest}"
 
 
-def fetch_blob(content: ContentStore, source: Source, desc: Descriptor, progress: Progress) -> bool:
-    """Make ``desc`` present in the namespace; True if bytes were downloaded."""
+def fetch_blob(
+    content: ContentStore, source: Source, desc: Descriptor, progress: Progress, tap: BlobTee | None = None
+) -> bool:
+    """Make ``desc`` present in the namespace; True if bytes were downloaded.
+
+    ``tap`` (a pull's :class:`~ocistore.transfer.tee.BlobTee`) gets every chunk as it is
+    written, so that the layer can be applied while it downloads; it is told when the
+    download ends, however it ends.
+    """
+    if tap is None:
+        return _fetch_blob(content, source, desc, progress, None)
+    try:
+        fetched = _fetch_blob(content, source, desc, progress, tap)
+    except BaseException as exc:
+        tap.finish(exc)
+        raise
+    tap.finish()
+    return fetched
+
+
+def _fetch_blob(
+    content: ContentStore, source: Source, desc: Descriptor, progress: Progress, tap: BlobTee | None
+) -> bool:
     if desc.size <= 0 and desc.digest != EMPTY_DIGEST:
         raise errors.InvalidArgument(f"descriptor {desc.digest} has size {desc.size}; cannot fetch it")
     ref = _writer_ref(desc)
@@ -86,8 +110,10 @@ def fetch_blob(content: ContentStore, source: Source, desc: Descriptor, progress
             progress.emit(ref_key(kind, desc.digest), desc.digest, kind, "exists", desc.size, desc.size)
             return False
         progress.emit(ref_key(kind, desc.digest), desc.digest, kind, "downloading", st.offset, desc.size)
+        if tap is not None:
+            tap.start(st.offset)
         try:
-            source.fetch_into(desc, _LabelledWriter(writer, source.blob_labels(desc)))
+            source.fetch_into(desc, _LabelledWriter(writer, source.blob_labels(desc), tap))
         except errors.AlreadyExists:
             pass
         except errors.DigestMismatch:
@@ -106,13 +132,17 @@ def _abort_quietly(content: ContentStore, ref: str) -> None:
 class _LabelledWriter:
     """Adds labels to the commit a source makes."""
 
-    def __init__(self, inner: ContentWriter, labels: dict[str, str]) -> None:
+    def __init__(self, inner: ContentWriter, labels: dict[str, str], tap: BlobTee | None = None) -> None:
         self._w = inner
         self._labels = labels
+        self._tap = tap
 
     def write(self, data: bytes, /) -> int:
         check_cancelled()  # per chunk: an interrupted download stops here, its ingest kept
-        return self._w.write(data)
+        n = self._w.write(data)
+        if self._tap is not None:
+            self._tap.feed(data)
+        return n
 
     def status(self) -> IngestStatus:
         return self._w.status()
@@ -122,6 +152,8 @@ class _LabelledWriter:
 
     def truncate(self, size: int) -> None:
         self._w.truncate(size)
+        if self._tap is not None:
+            self._tap.truncate()
 
     def commit(
         self, size: int | None = None, expected: str | None = None, labels: Mapping[str, str] | None = None

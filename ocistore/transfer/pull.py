@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from ocistore import errors
 from ocistore._lazy import lazy_module
@@ -30,7 +30,8 @@ from ocistore.transfer.context import OperationContext
 from ocistore.transfer.fetch import fetch_blob, fetch_graph
 from ocistore.transfer.progress import Progress, ProgressEvent
 from ocistore.transfer.sources import RegistrySource
-from ocistore.transfer.unpack import first_missing_layer, unpack_parts
+from ocistore.transfer.tee import BlobTee
+from ocistore.transfer.unpack import MAX_PARALLEL_APPLY, first_missing_layer, unpack_parts
 from ocistore.transfer.workers import worker_pool
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ else:
 
 __all__ = ["DEFAULT_THRESHOLD", "discard_unpacked_layers", "fetch", "pull"]
 
+ESTARGZ_TOC = "containerd.io/snapshot/stargz/toc.digest"
 UNPACK_POLICIES = ("always", "never", "auto")
 
 
@@ -120,35 +122,58 @@ def _unpack_streaming(
     ctx: OperationContext, parts: ImageParts, name: str, snapshotter: str, snapshot_labels: bool,
     prog: Progress, source: RegistrySource, parallel: int, keep_blobs: bool = True,
 ) -> None:
-    """Download the missing layers while unpacking them as they arrive.
+    """Download the missing layers while applying them as their bytes arrive.
 
-    The layers to apply are downloaded if absent. Layers whose chain ID is already
-    committed are not applied again; their blobs are downloaded if absent unless
-    ``keep_blobs`` is false (a pull that discards layers anyway), so that a pull leaves
-    every blob of the platform in the store and a lost one comes back.
+    The layers to apply are downloaded if absent, each through a :class:`BlobTee` that the
+    apply reads from while the download writes the ingest (the pipelined pull; see
+    ``transfer.tee``); an apply's snapshot is committed only once its blob is. Layers whose
+    chain ID is already committed are not applied again; their blobs are downloaded if
+    absent unless ``keep_blobs`` is false (a pull that discards layers anyway), so that a
+    pull leaves every blob of the platform in the store and a lost one comes back.
     """
     start = first_missing_layer(ctx, parts, snapshotter)
     needed = [d for i, d in enumerate(parts.layers)
               if (i >= start or keep_blobs) and not ctx.content.exists(d.digest)]
+    applied = {d.digest for d in parts.layers[start:]}
     for d in needed:
         prog.emit(f"layer-{d.digest}", d.digest, "layer", "waiting", 0, d.size)
+    # eStargz layers are checked against their TOC, read from the blob's end: no tee for them
+    # the applies that start at once (overlayfs: up to MAX_PARALLEL_APPLY; else the first)
+    soon = {d.digest for d in parts.layers[start:start + (MAX_PARALLEL_APPLY if _rebases(ctx, snapshotter) else 1)]}
+    tees = {d.digest: BlobTee(d.size, expect_reader=d.digest in soon) for d in needed
+            if d.digest in applied and ESTARGZ_TOC not in d.annotations}
     with worker_pool(min(parallel, len(needed) or 1)) as pool:
-        futures = {d.digest: pool.submit(fetch_blob, ctx.content, source, d, prog) for d in needed}
+        futures = {d.digest: pool.submit(fetch_blob, ctx.content, source, d, prog, tees.get(d.digest))
+                   for d in needed}
 
         def layer_ready(desc: Descriptor) -> None:
             f = futures.get(desc.digest)
             if f is not None:
                 f.result()
 
+        def layer_stream(desc: Descriptor) -> BinaryIO | None:
+            tee = tees.pop(desc.digest, None)
+            if tee is None:
+                return None
+            return cast(BinaryIO, tee.reader(lambda: ctx.content.open(desc.digest)))
+
         try:
             unpack_parts(ctx, parts, image_ref=name, snapshotter=snapshotter,
-                         snapshot_labels=snapshot_labels, progress=prog, layer_ready=layer_ready)
+                         snapshot_labels=snapshot_labels, progress=prog, layer_ready=layer_ready,
+                         layer_stream=layer_stream)
         except BaseException:
             for f in futures.values():
                 f.cancel()
             raise
+        finally:
+            for tee in tees.values():  # layers not applied (already there): the downloads never wait
+                tee.close()
         for f in futures.values():
             f.result()
+
+
+def _rebases(ctx: OperationContext, snapshotter: str) -> bool:
+    return bool(getattr(ctx.snapshotter(snapshotter), "supports_rebase", False))
 
 
 def discard_unpacked_layers(content: ContentStore, manifest: Descriptor, layers: list[Descriptor]) -> None:

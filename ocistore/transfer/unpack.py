@@ -17,23 +17,31 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from typing import TYPE_CHECKING, BinaryIO
 
 import attrs
 
 from ocistore import _faults, errors
 from ocistore._files import disk_full
-from ocistore.archive import apply_layer
+from ocistore._lazy import lazy_module
 from ocistore.content.types import ContentStore
 from ocistore.images.image import ImageParts, image_parts
 from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.platform import PlatformArg
-from ocistore.snapshots.types import Kind, SnapshotInfo, Snapshotter
-from ocistore.transfer import evict
+from ocistore.snapshots.types import Kind, SnapshotInfo, Snapshotter, Usage
 from ocistore.transfer.context import OperationContext
 from ocistore.transfer.progress import Progress, ProgressEvent, ref_key
 from ocistore.transfer.workers import check_cancelled, worker_pool
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from ocistore import archive
+    from ocistore.transfer import evict
+else:
+    archive = lazy_module("ocistore.archive")  # the layer applier: not loaded by a create that finds the chain
+    evict = lazy_module("ocistore.transfer.evict")  # only with a snapshot budget
 
 __all__ = ["first_missing_layer", "is_unpacked", "snapshot_labels_for", "unpack_image", "unpack_parts"]
 
@@ -137,16 +145,20 @@ def _check_parts(parts: ImageParts) -> None:
 
 
 LayerReady = Callable[[Descriptor], None]
+LayerStream = Callable[[Descriptor], BinaryIO | None]
 
 
 def unpack_parts(
     ctx: OperationContext, parts: ImageParts, *, image_ref: str, snapshotter: str = "overlayfs",
     snapshot_labels: bool = True, progress: Progress | None = None, layer_ready: LayerReady | None = None,
+    layer_stream: LayerStream | None = None,
 ) -> str:
     """Unpack the layers of ``parts`` into ``snapshotter``.
 
     ``layer_ready(desc)`` blocks until a layer blob is in the content store (downloads
     running ahead of applies); without it every layer must already be there.
+    ``layer_stream(desc)`` may give the layer's bytes while they download (a pull's tee):
+    the apply reads them, and ``layer_ready`` is awaited before the snapshot is committed.
     """
     _check_parts(parts)
     progress = progress or Progress(None)
@@ -158,7 +170,8 @@ def unpack_parts(
     with ctx.lease():
         with ctx.lock(f"unpack/{ctx.namespace}/{snapshotter}/{top}"):
             todo = _todo(sn, chains)
-            _unpack_todo(ctx, sn, parts, todo, image_ref, snapshot_labels, progress, layer_ready)
+            job = _Job(ctx.content, sn, parts, image_ref, snapshot_labels, progress, layer_ready, layer_stream)
+            _unpack_todo(job, todo)
             if todo:
                 _faults.fault_point("unpack.label")
             ctx.content.update(
@@ -184,17 +197,13 @@ def _todo(sn: Snapshotter, chains: list[str]) -> list[int]:
         # evicted between the two looks: look again
 
 
-def _unpack_todo(
-    ctx: OperationContext, sn: Snapshotter, parts: ImageParts, todo: list[int], image_ref: str,
-    snapshot_labels: bool, progress: Progress, layer_ready: LayerReady | None,
-) -> None:
+def _unpack_todo(job: _Job, todo: list[int]) -> None:
     if not todo:
         return
-    chains = parts.chain_ids
+    chains = job.parts.chain_ids
     # every layer from the first missing one on is (re)applied, in chain order
     start = todo[0]
-    parallel = bool(getattr(sn, "supports_rebase", False)) and len(chains) - start > 1
-    job = _Job(ctx.content, sn, parts, image_ref, snapshot_labels, progress, layer_ready)
+    parallel = bool(getattr(job.sn, "supports_rebase", False)) and len(chains) - start > 1
     if parallel:
         _unpack_parallel(job, start)
     else:
@@ -228,6 +237,7 @@ class _Job:
     cri: bool
     progress: Progress
     layer_ready: LayerReady | None
+    layer_stream: LayerStream | None = None
 
 
 def _prepare(job: _Job, i: int, parent: str) -> tuple[str, dict[str, str]] | None:
@@ -245,23 +255,18 @@ def _prepare(job: _Job, i: int, parent: str) -> tuple[str, dict[str, str]] | Non
     raise errors.Unavailable(f"could not prepare an extract snapshot for layer {chain} after 3 tries")
 
 
-def _apply(job: _Job, i: int, key: str) -> None:
+def _apply(job: _Job, i: int, key: str) -> Usage | None:
+    """Apply layer ``i`` into ``key``; returns its usage when the apply could count it."""
     layer = job.parts.layers[i]
     progress = job.progress
     lref = ref_key("layer", layer.digest)
-    if job.layer_ready is not None:
-        job.layer_ready(layer)
-    try:
-        stream = job.content.open(layer.digest)
-    except errors.NotFound:
-        raise errors.NotFound(
-            f"layer {layer.digest} of image manifest {job.parts.manifest_desc.digest} is not in the content "
-            "store; fetch the image again"
-        ) from None
+    stream = job.layer_stream(layer) if job.layer_stream is not None else None
+    if stream is None:
+        stream = _open_layer(job, layer)
     progress.emit(lref, layer.digest, "layer", "extracting", 0, layer.size)
     overlay = job.sn.supports_mount  # layers are diffs over their parents: overlay whiteouts
     with stream, _disk_errors(f"unpacking layer {layer.digest} into {job.sn.name}"):
-        apply_layer(
+        result = archive.apply_layer(
             stream, job.sn.path(key), media_type=layer.media_type, overlay=overlay,
             # the blob was verified when it was committed; the diffID check covers the bytes applied
             expected_diff_id=job.parts.diff_ids[i], blob_digest=False,
@@ -270,6 +275,20 @@ def _apply(job: _Job, i: int, key: str) -> None:
             progress=lambda n: _applied(progress, lref, layer, n),
         )
     progress.emit(lref, layer.digest, "layer", "extracted", layer.size, layer.size)
+    return result.usage
+
+
+def _open_layer(job: _Job, layer: Descriptor) -> BinaryIO:
+    """The layer's committed blob (waiting for its download first)."""
+    if job.layer_ready is not None:
+        job.layer_ready(layer)
+    try:
+        return job.content.open(layer.digest)
+    except errors.NotFound:
+        raise errors.NotFound(
+            f"layer {layer.digest} of image manifest {job.parts.manifest_desc.digest} is not in the content "
+            "store; fetch the image again"
+        ) from None
 
 
 def _applied(progress: Progress, lref: str, layer: Descriptor, n: int) -> None:
@@ -287,10 +306,14 @@ def _disk_errors(what: str) -> Iterator[None]:
         raise disk_full(exc, what) from exc
 
 
-def _commit(job: _Job, i: int, key: str, labels: dict[str, str], parent: str | None) -> None:
+def _commit(
+    job: _Job, i: int, key: str, labels: dict[str, str], parent: str | None, usage: Usage | None
+) -> None:
     chain = job.parts.chain_ids[i]
+    if job.layer_ready is not None:
+        job.layer_ready(job.parts.layers[i])  # a layer applied while downloading: its blob is verified first
     try:
-        job.sn.commit(chain, key, labels=labels, parent=parent)
+        job.sn.commit(chain, key, labels=labels, parent=parent, usage=usage)
     except errors.AlreadyExists:
         job.sn.remove(key)  # another unpack won the race: use its snapshot
         return
@@ -308,8 +331,8 @@ def _unpack_one(job: _Job, i: int, sequential: bool) -> None:
         return
     key, labels = prepared
     try:
-        _apply(job, i, key)
-        _commit(job, i, key, labels, None if sequential else (parent or None))
+        usage = _apply(job, i, key)
+        _commit(job, i, key, labels, None if sequential else (parent or None), usage)
     except BaseException:
         _remove_quietly(job.sn, key)
         raise
@@ -330,15 +353,15 @@ def _unpack_parallel(job: _Job, start: int) -> None:
             if p is not None:
                 prepared[i] = p
         with worker_pool(min(MAX_PARALLEL_APPLY, len(prepared))) as pool:
-            futures: dict[int, Future[None]] = {
+            futures: dict[int, Future[Usage | None]] = {
                 i: pool.submit(_apply, job, i, key) for i, (key, _l) in prepared.items()
             }
             for i in range(start, len(chains)):
                 if i not in prepared:
                     continue
-                futures[i].result()
+                usage = futures[i].result()
                 key, labels = prepared[i]
-                _commit(job, i, key, labels, chains[i - 1] if i > 0 else None)
+                _commit(job, i, key, labels, chains[i - 1] if i > 0 else None, usage)
                 del prepared[i]
     finally:
         for key, _labels in prepared.values():
