@@ -18,11 +18,13 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 import attrs
 
 from ocistore import _faults, errors
 from ocistore._files import disk_full
+from ocistore._lazy import lazy_module
 from ocistore.archive import apply_layer
 from ocistore.content.types import ContentStore
 from ocistore.images.image import ImageParts, image_parts
@@ -34,6 +36,11 @@ from ocistore.transfer import evict
 from ocistore.transfer.context import OperationContext
 from ocistore.transfer.progress import Progress, ProgressEvent, ref_key
 from ocistore.transfer.workers import check_cancelled, worker_pool
+
+if TYPE_CHECKING:
+    from ocistore.transfer import lazyfetch
+else:
+    lazyfetch = lazy_module("ocistore.transfer.lazyfetch")  # the registry client loads only when needed
 
 __all__ = ["first_missing_layer", "is_unpacked", "snapshot_labels_for", "unpack_image", "unpack_parts"]
 
@@ -193,6 +200,8 @@ def _unpack_todo(
     chains = parts.chain_ids
     # every layer from the first missing one on is (re)applied, in chain order
     start = todo[0]
+    if layer_ready is None:  # lazily fetched (partial) layers are downloaded whole first
+        lazyfetch.complete_layers(ctx, parts.layers[start:], progress)
     parallel = bool(getattr(sn, "supports_rebase", False)) and len(chains) - start > 1
     job = _Job(ctx.content, sn, parts, image_ref, snapshot_labels, progress, layer_ready)
     if parallel:
