@@ -7,7 +7,8 @@ checks the footer and the TOC digest against the annotation and validates the TO
 (:func:`ocistore.estargz.open_verifier`) *before* recording anything, stores the TOC JSON
 as a blob of its own, and records the layer as **partial** in the content store
 (``ContentInfo.partial``; its labels carry ``containerd.io/gc.ref.content.estargz.toc`` so gc
-keeps the TOC with the layer). Other layers are downloaded whole. A registry that ignores
+keeps the TOC with the layer). Other layers, and layers no larger than the tail, are
+downloaded whole. A registry that ignores
 ``Range`` (answers ``200`` with the whole blob) gets the layer downloaded whole instead.
 
 :class:`RemoteLayerSource` (:func:`remote_source`) is the
@@ -186,7 +187,8 @@ def _fetch_layer(
     store = _store(ctx)
     lazy = (TOC_DIGEST_ANNOTATION in desc.annotations and mt.compression_of(desc.media_type) == "gzip"
             and not mt.is_non_distributable(desc.media_type))
-    if not lazy or ctx.content.exists(desc.digest) or store.shareable(desc.digest):
+    small = desc.size <= TAIL_GUESS  # the tail would be the whole blob: take it whole
+    if not lazy or small or ctx.content.exists(desc.digest) or store.shareable(desc.digest):
         fetch_blob(ctx.content, source, desc, progress)  # whole (or shared: no bytes)
         return
     with contextlib.suppress(errors.NotFound):
