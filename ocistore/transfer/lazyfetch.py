@@ -74,7 +74,7 @@ __all__ = [
 TOC_LABEL = "containerd.io/gc.ref.content.estargz.toc"
 """Label of a lazily fetched layer's content record naming its TOC blob (gc keeps the TOC)."""
 TOC_MEDIA_TYPE = "application/vnd.stargz.toc.v1+json"
-TAIL_GUESS = 1 << 20
+TAIL_GUESS = 256 << 10
 """Bytes asked for from a layer's end at first: the footer and, most often, the whole TOC."""
 MAX_RANGE_BYTES = 16 << 20
 """Largest single ranged request (prefetch coalesces adjacent members up to this)."""
