@@ -18,6 +18,8 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "NotImplementedKind",
+    "PartialContent",
+    "RangeNotSupported",
     "RegistryError",
     "SizeLimitExceeded",
     "Unauthorized",
@@ -105,4 +107,27 @@ class InvalidEStargz(InvalidArgument):
     Raised when a layer whose descriptor carries ``containerd.io/snapshot/stargz/toc.digest``
     is applied: offsets outside the blob, overlapping chunks, a TOC that disagrees with the
     tar stream. A digest that lies (TOC, chunk, uncompressed size) is a ``DigestMismatch``.
+    """
+
+
+class PartialContent(FailedPrecondition):
+    """A blob is only partially in the store: a lazily fetched eStargz layer (``fetch(ref,
+    lazy=True)``) of which only the footer, the TOC and the chunks read so far are here.
+
+    Its bytes cannot be read as a whole; ``fetch`` or ``pull`` the image again (without
+    ``lazy``) to complete it. ``digest`` names the blob.
+    """
+
+    def __init__(self, message: str, digest: str = "") -> None:
+        super().__init__(message)
+        self.digest = digest
+
+    def __reduce__(self) -> tuple[type[PartialContent], tuple[str, str]]:
+        return (type(self), (str(self), self.digest))
+
+
+class RangeNotSupported(NotImplementedKind):
+    """A registry answered a ranged ``GET`` with the whole blob (``200``) or refused ranges.
+
+    Lazy fetches fall back to downloading the whole blob when they see it.
     """

@@ -63,6 +63,19 @@ class ContentLayout:
         """``ingest/``: one directory and one lock file per open ingest."""
         return self.root / "ingest"
 
+    @property
+    def chunks(self) -> Path:
+        """``chunks/``: verified eStargz chunks of partial (lazily fetched) layers."""
+        return self.root / "chunks"
+
+    def chunk_dir(self, layer_digest: str) -> Path:
+        """``chunks/<alg>/<hex>`` of a layer: its cached chunks, named by their digests."""
+        return self.chunks / algorithm_of(layer_digest) / encoded(layer_digest)
+
+    def chunk_path(self, layer_digest: str, chunk_digest: str) -> Path:
+        """``chunks/<alg>/<hex>/<chunk alg>-<chunk hex>``: one verified chunk of a layer."""
+        return self.chunk_dir(layer_digest) / f"{algorithm_of(chunk_digest)}-{encoded(chunk_digest)}"
+
     def algorithm_dir(self, algorithm: str) -> Path:
         """``blobs/<alg>``."""
         return self.blobs / algorithm

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         exports,
         imports,
         inspect,
+        lazyfetch,
         pull,
         push,
         unpack,
@@ -66,6 +67,7 @@ else:
     exports = lazy_module("ocistore.transfer.exports")
     imports = lazy_module("ocistore.transfer.imports")
     inspect = lazy_module("ocistore.transfer.inspect")
+    lazyfetch = lazy_module("ocistore.transfer.lazyfetch")
     pull = lazy_module("ocistore.transfer.pull")
     push = lazy_module("ocistore.transfer.push")
     server = lazy_module("ocistore.server")  # http.server and ssl load when a store first serves
@@ -130,7 +132,7 @@ class Store:
         self._ops = OperationContext(
             namespace=self.namespace, layout=self.layout, content=self.content, images=self.images,
             snapshotter=self.snapshots, leases=self.leases, image_use=ImageUse(self.db, self.namespace),
-            snapshot_budget=snapshot_budget,
+            snapshot_budget=snapshot_budget, registry=self.registry_options,
         )
         self._containers: Containers | None = None
         if not readonly:
@@ -241,6 +243,12 @@ class Store:
         Setting ``cancel`` (from any thread) stops the downloads within a chunk and raises
         ``errors.Cancelled``; an interrupt (``KeyboardInterrupt``) stops them the same way.
         Downloads stopped half-way are kept as ingests and resume on the next fetch.
+
+        ``lazy=True``: layers in eStargz (their descriptor carries
+        ``containerd.io/snapshot/stargz/toc.digest``) are fetched as footer and TOC only, by
+        HTTP Range, and recorded as partial blobs (``content.info(d).partial``); their chunks
+        are read later on demand. Other layers are downloaded whole. A later fetch without
+        ``lazy``, a pull, an unpack, an export or a push downloads partial layers whole.
         """
         with workers.cancellation(cancel), self._ops.lease():
             return pull.fetch(self._ops, ref, platform=platform, strict=strict, all_platforms=all_platforms,
@@ -356,7 +364,16 @@ class Store:
 
     def export_archive(self, path: str | os.PathLike[str], names: list[str] | str, platform: PlatformArg = None,
                        all_platforms: bool = False, format: str = "oci") -> None:
-        """Write images as an OCI layout tar/dir or a docker-archive."""
+        """Write images as an OCI layout tar/dir or a docker-archive.
+
+        Layers fetched lazily (partial) are downloaded whole first (verified against their
+        digests) from the registry they came from; when it cannot be reached the export fails
+        and writes nothing.
+        """
+        names = [names] if isinstance(names, str) else list(names)
+        with self._ops.lease():
+            for name in names:
+                lazyfetch.complete_image(self._ops, name)
         exports.export_archive(self.content, self.images, path, [names] if isinstance(names, str) else list(names),
                        platform=platform, all_platforms=all_platforms, format=format)
 
@@ -370,6 +387,12 @@ class Store:
                 self._ops, name, dst or convert.default_convert_name(self.images.find(name).name, to),
                 to=to, prioritized_files=prioritized_files, chunk_size=chunk_size,
                 compression_level=compression_level, platform=platform, oci=oci)
+
+    def remote_source(self, image: str, layer: Descriptor, **options: Any) -> lazyfetch.RemoteLayerSource:
+        """The chunk source (``ocistore.estargz.source.LayerSource``) of a layer of ``image`` that
+        was fetched lazily: verified chunks by ranged reads from its registry, cached in the store.
+        Registry options override the store's. Close it when done."""
+        return lazyfetch.remote_source(self._ops, image, layer, registry=self._registry(options))
 
     def disk_usage(self) -> DiskUsage:
         """Bytes allocated on disk by content, ingests, snapshots and metadata."""

@@ -64,7 +64,8 @@ def cmd_ls(ctx: Context, args: argparse.Namespace) -> int:
         for info in infos:
             ctx.out(info.digest)
     else:
-        rows = [(i.digest, human_size(i.size), age(i.created_at), format_labels(i.labels)) for i in infos]
+        rows = [(i.digest, human_size(i.size) + (" (partial)" if i.partial else ""), age(i.created_at),
+                 format_labels(i.labels)) for i in infos]
         print_table(ctx.stdout, ("DIGEST", "SIZE", "AGE", "LABELS"), rows)
     return 0
 

@@ -145,6 +145,8 @@ def cmd_check(ctx: Context, args: argparse.Namespace) -> int:
             ctx.out(f"repaired: {line}")
         for line in report.problems:
             ctx.out(f"problem: {line}")
+        for line in getattr(report, "partial", []):
+            ctx.out(f"partial: {line}")
         if report.ok:
             ctx.out("ok")
     return 0 if report.ok else 1

@@ -67,6 +67,8 @@ def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all-platforms", action="store_true", help="fetch every platform of an index")
     p.add_argument("--non-strict", action="store_true",
                    help="also accept compatible platforms (amd64 takes 386, arm64 takes arm/v8 ...)")
+    p.add_argument("--lazy", action="store_true",
+                   help="eStargz layers: fetch only their footer and TOC (HTTP Range); chunks are read on demand")
     add_registry_options(p)
 
 
@@ -118,7 +120,7 @@ def cmd_fetch(ctx: Context, args: argparse.Namespace) -> int:
     options = registry_options(ctx, args, args.ref)
     with progress_of(ctx) as progress:
         image = ctx.store.fetch(args.ref, platform=args.platform, strict=not args.non_strict,
-                                all_platforms=args.all_platforms, progress=progress, **options)
+                                all_platforms=args.all_platforms, progress=progress, lazy=args.lazy, **options)
     _print_result(ctx, image)
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from datetime import datetime
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 import attrs
 
@@ -16,6 +16,8 @@ __all__ = [
     "ContentWriter",
     "IngestStatus",
     "Ingester",
+    "PartialBlob",
+    "PartialStore",
     "Provider",
 ]
 
@@ -29,6 +31,24 @@ class ContentInfo:
     labels: dict[str, str] = attrs.field(factory=dict, hash=False)
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    partial: bool = False
+    """True for a lazily fetched eStargz layer whose bytes are not all here (see :class:`PartialBlob`)."""
+
+
+@attrs.frozen
+class PartialBlob:
+    """The record of a partially present blob: a layer fetched lazily (footer and TOC only).
+
+    ``ref`` is the reference it was fetched from (where its chunks are read from),
+    ``toc_digest`` the digest of its TOC JSON (a blob of its own in the store) and
+    ``toc_offset`` where the TOC's gzip member starts in the layer.
+    """
+
+    digest: str
+    size: int
+    ref: str
+    toc_digest: str
+    toc_offset: int
 
 
 @attrs.frozen
@@ -174,3 +194,20 @@ class ContentStore(Provider, Ingester, Protocol):
         """The status of the uncommitted ingests (open, or closed and kept for resume)."""
     def abort(self, ref: str) -> None:
         """Remove the ingest ``ref`` and its bytes; NotFound if there is none, Unavailable while a writer holds it."""
+
+
+@runtime_checkable
+class PartialStore(ContentStore, Protocol):
+    """A content store that also records partial blobs (lazily fetched eStargz layers)."""
+
+    def partial(self, digest: str) -> PartialBlob | None:
+        """The partial record of ``digest``, None when the blob is whole; NotFound if absent."""
+        ...
+
+    def record_partial(self, blob: PartialBlob, labels: Mapping[str, str] | None = None) -> bool:
+        """Record ``blob`` as partial unless the digest is recorded already (then False)."""
+        ...
+
+    def shareable(self, digest: str) -> bool:
+        """Whether the root holds the whole blob and this namespace may see it without its bytes."""
+        ...

@@ -20,7 +20,7 @@ from ocistore import _time, errors
 from ocistore._lazy import lazy_module
 from ocistore.content.local import LocalStore, LocalWriter, read_verified
 from ocistore.content.locks import RefLock
-from ocistore.content.types import ContentInfo, IngestStatus
+from ocistore.content.types import ContentInfo, IngestStatus, PartialBlob
 from ocistore.metadata.db import DB, Txn, key, prefix, split_key
 from ocistore.metadata.labels import apply_fieldpaths, validate_labels
 from ocistore.oci.descriptor import Descriptor
@@ -45,7 +45,16 @@ def _info(digest: str, rec: Mapping[str, object]) -> ContentInfo:
         labels=dict(rec.get("labels") or {}),  # type: ignore[call-overload]
         created_at=_time.from_ns(int(rec["created_at"])),  # type: ignore[call-overload]
         updated_at=_time.from_ns(int(rec["updated_at"])),  # type: ignore[call-overload]
+        partial=bool(rec.get("partial")),
     )
+
+
+def _partial_blob(digest: str, rec: Mapping[str, object]) -> PartialBlob | None:
+    p = rec.get("partial")
+    if not isinstance(p, dict):
+        return None
+    return PartialBlob(digest, int(rec["size"]), str(p.get("ref", "")),  # type: ignore[call-overload]
+                       str(p.get("toc_digest", "")), int(p.get("toc_offset", 0)))
 
 
 class NamespacedContent:
@@ -103,23 +112,70 @@ class NamespacedContent:
         return found[0]
 
     def exists(self, digest: str) -> bool:
-        """Whether this namespace holds the blob (InvalidArgument for a malformed digest)."""
+        """Whether this namespace holds the whole blob (InvalidArgument for a malformed digest).
+
+        A partial blob (a lazily fetched layer, ``info().partial``) does not count: its bytes
+        are not all here.
+        """
         try:
-            self.info(digest)
+            return not self.info(digest).partial
         except errors.NotFound:
             return False
-        return True
+
+    def _whole(self, digest: str) -> ContentInfo:
+        info = self.info(digest)
+        if info.partial:
+            raise errors.PartialContent(
+                f"content {digest} in namespace {self.ns!r} is partial (a lazily fetched eStargz layer: only "
+                "its TOC and the chunks read so far are here); fetch the image without lazy=True to complete it",
+                digest=digest,
+            )
+        return info
 
     def open(self, digest: str) -> BinaryIO:
-        """A seekable reader of a committed blob (a context manager)."""
-        self.info(digest)
+        """A seekable reader of a committed blob (a context manager); PartialContent for a partial one."""
+        self._whole(digest)
         return self.backend.open(digest)
 
     def read(self, digest: str) -> bytes:
-        """A whole (small) blob, verified against its digest."""
-        info = self.info(digest)
+        """A whole (small) blob, verified against its digest; PartialContent for a partial one."""
+        info = self._whole(digest)
         with self.backend.open(digest) as f:
             return read_verified(f, digest, info.size)
+
+    def partial(self, digest: str) -> PartialBlob | None:
+        """The partial-blob record of ``digest`` (None when the blob is whole); NotFound if absent."""
+        validate_digest(digest)
+        with self.db.read() as txn:
+            rec = self._record(txn, digest)
+        if rec is None:
+            raise errors.NotFound(f"content {digest} not found in namespace {self.ns!r}")
+        return _partial_blob(digest, rec)
+
+    def shareable(self, digest: str) -> bool:
+        """Whether the root holds the whole blob and this namespace may be shown it without its bytes."""
+        return self.backend.exists(digest) and self._shareable(digest)
+
+    def record_partial(self, blob: PartialBlob, labels: Mapping[str, str] | None = None) -> bool:
+        """Record ``blob`` as partially present in this namespace, under the current lease.
+
+        Nothing changes when the namespace already records the digest (whole or partial):
+        returns False then. The caller has verified the TOC and stored it as a blob first.
+        """
+        validate_digest(blob.digest)
+        clean = validate_labels(labels, f"content {blob.digest}: ")
+        self.db.check_writable(f"recording partial content {blob.digest}")
+        with self.db.write() as txn:
+            self.db.ensure_namespace(txn, self.ns)
+            self.db.add_to_lease(txn, self.ns, "content", blob.digest)
+            if txn.has("content", key(self.ns, blob.digest)):
+                return False
+            t = _time.to_ns(_time.now())
+            txn.put("content", key(self.ns, blob.digest), {
+                "size": blob.size, "labels": clean, "created_at": t, "updated_at": t,
+                "partial": {"ref": blob.ref, "toc_digest": blob.toc_digest, "toc_offset": blob.toc_offset},
+            })
+        return True
 
     def walk(self, filters: str | list[str] | None = None) -> Iterator[ContentInfo]:
         """This namespace's blobs that match ``filters`` (fieldpaths ``digest`` and ``labels.<key>``).
@@ -202,7 +258,8 @@ class NamespacedContent:
         total = total or 0
         if expected:
             with self.db.read() as rtxn:
-                present = self._record(rtxn, expected) is not None
+                found = self._record(rtxn, expected)
+            present = found is not None and not found.get("partial")  # a partial blob is completed
             if present:
                 if self.db.current_lease(self.ns) is not None:
                     with self.db.write() as txn:  # hold it for the caller's lease (containerd 2.9 step 1)
@@ -325,9 +382,17 @@ class NamespacedContent:
         txn.delete("ingests", key(self.ns, ref))
         self.db.remove_from_lease(txn, self.ns, "ingests", ref)
         self.db.add_to_lease(txn, self.ns, "content", digest)
-        if txn.has("content", key(self.ns, digest)):
-            return False
+        old = self._record(txn, digest)
         t = _time.to_ns(_time.now())
+        if old is not None and old.get("partial"):
+            # a lazily fetched layer is now whole: keep its labels (TOC reference, source)
+            merged = dict(old.get("labels") or {})  # type: ignore[call-overload]
+            merged.update(labels)
+            txn.put("content", key(self.ns, digest), {"size": size, "labels": merged,
+                                                      "created_at": old["created_at"], "updated_at": t})
+            return True
+        if old is not None:
+            return False
         txn.put("content", key(self.ns, digest),
                 {"size": size, "labels": labels, "created_at": t, "updated_at": t})
         return True

@@ -8,6 +8,8 @@ references it:
   expects;
 * an ingest directory (or a lone ref lock file) that no ingest record names, older than
   :data:`INGEST_GRACE` and not locked by a writer;
+* a chunk cache directory ``content/chunks/<alg>/<hex>`` of a layer that no namespace
+  records as partial (the layer was completed or forgotten; its chunks are a cache);
 * a snapshot directory ``snapshots/<sn>/<id>`` whose id no snapshot record has, a
   ``gc-rm-*`` directory left by an interrupted removal, or a ``new-*`` build directory
   older than :data:`NEW_DIR_GRACE` that no snapshotter holds an flock on.
@@ -59,8 +61,9 @@ may be between taking the lock and recording the ingest)."""
 class Orphan:
     """A backend object that no metadata record references.
 
-    ``kind`` is ``"blob"``, ``"ingest"``, ``"ingest-lock"`` or ``"snapshot"``; ``name`` is
-    the digest, the ingest directory name or ``<snapshotter>/<directory>``.
+    ``kind`` is ``"blob"``, ``"ingest"``, ``"ingest-lock"``, ``"chunks"`` (a layer's chunk
+    cache) or ``"snapshot"``; ``name`` is the digest (of the blob or layer), the ingest
+    directory name or ``<snapshotter>/<directory>``.
     """
 
     kind: str
@@ -70,7 +73,7 @@ class Orphan:
     def describe(self) -> str:
         """One line for a report."""
         what = {"blob": "blob file", "ingest": "ingest directory", "ingest-lock": "ingest lock file",
-                "snapshot": "snapshot directory"}[self.kind]
+                "snapshot": "snapshot directory", "chunks": "chunk cache of layer"}[self.kind]
         return f"orphan {what} {self.name} ({self.path}): no metadata record references it"
 
 
@@ -79,10 +82,17 @@ class _Referenced:
     digests: set[str]
     ingest_dirs: set[str]
     snapshot_ids: dict[str, set[str]]
+    partial: set[str] = attrs.field(factory=set)
 
 
 def _referenced(txn: Txn) -> _Referenced:
-    digests = {k.decode().split(SEP, 1)[1] for k in txn.keys("content")}
+    digests: set[str] = set()
+    partial: set[str] = set()
+    for k, rec in txn.scan("content"):
+        digest = k.decode().split(SEP, 1)[1]
+        digests.add(digest)
+        if rec.get("partial"):
+            partial.add(digest)
     ingest_dirs: set[str] = set()
     for _, rec in txn.scan("ingests"):
         if rec.get("expected"):
@@ -93,7 +103,7 @@ def _referenced(txn: Txn) -> _Referenced:
     for k, rec in txn.scan("snapshots"):
         sn = k.decode().split(SEP, 2)[1]
         ids.setdefault(sn, set()).add(str(rec.get("id", "")))
-    return _Referenced(digests, ingest_dirs, ids)
+    return _Referenced(digests, ingest_dirs, ids, partial)
 
 
 def _scandir(path: Path) -> list[os.DirEntry[str]]:
@@ -159,6 +169,11 @@ def _find_orphans(ref: _Referenced, layout: RootLayout, now: float | None) -> li
             digest = f"{alg}:{e.name}"
             if digest not in ref.digests and len(e.name) == ALGORITHMS[alg]:
                 out.append(Orphan("blob", digest, Path(e.path)))
+    for alg in ALGORITHMS:
+        for e in _scandir(content.chunks / alg):
+            digest = f"{alg}:{e.name}"
+            if digest not in ref.partial:
+                out.append(Orphan("chunks", digest, Path(e.path)))
     entries = _scandir(content.ingest)
     dirs = {e.name for e in entries if e.is_dir(follow_symlinks=False)}
     for e in entries:
@@ -218,6 +233,9 @@ def _remove_locked(orphans: list[Orphan], out: Removed) -> list[Path]:
                 continue
             out.blobs.add(o.name)
             out.bytes += size
+        elif o.kind == "chunks":
+            out.bytes += allocated_bytes(o.path)
+            remove_tree(o.path)
         elif o.kind in ("ingest", "ingest-lock"):
             lock = RefLock(str(o.path.parent / f"{o.name}{LOCK_SUFFIX}"), f"ingest {o.name}")
             try:

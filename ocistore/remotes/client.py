@@ -26,7 +26,7 @@ from ocistore.oci.digest import algorithm_of, digest_bytes, validate_digest
 from ocistore.oci.reference import Reference, parse_reference
 from ocistore.remotes import push as _push
 from ocistore.remotes.auth import pull_scope
-from ocistore.remotes.fetch import BlobReader, ProgressFn, copy_into, open_range
+from ocistore.remotes.fetch import BlobReader, ProgressFn, check_bounded_range, copy_into, open_range, read_bounded
 from ocistore.remotes.hosts import RegistryHost, configure_hosts
 from ocistore.remotes.options import RegistryOptions
 from ocistore.remotes.transport import Transport, raise_for_status, read_capped, read_capped_quietly
@@ -252,12 +252,27 @@ class RegistryClient:
                 raise errors.Unavailable(f"{desc.digest}: the download ended before the descriptor's size")
             return data
 
+    def read_range(self, ref: str, desc: Descriptor, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the blob ``desc``, by a ranged ``GET`` (hosts, auth, mirrors
+        and redirects as for whole blobs; a body cut short is resumed).
+
+        The bytes are NOT verified (only a whole blob can be): the caller checks them (a TOC
+        digest, chunk digests). ``RangeNotSupported`` when the registry ignores the range and
+        sends the whole blob: download the blob whole instead (``fetch_into``).
+        """
+        if not 0 <= start < end <= desc.size:
+            raise errors.InvalidArgument(f"range {start}-{end} is outside blob {desc.digest} of {desc.size} bytes")
+        r = parse_reference(ref)
+        what = f"{r.name}@{desc.digest} bytes {start}-{end - 1}"
+        return read_bounded(self._opener(r, desc, end=end), start, end, self.options.retry, what)
+
     def _opener(
         self, r: Reference, desc: Descriptor, skip: set[str] | frozenset[str] = frozenset(),
-        preferred: list[RegistryHost] | None = None,
+        preferred: list[RegistryHost] | None = None, end: int | None = None,
     ) -> Callable[[int], urllib3.BaseHTTPResponse]:
         """Open ``desc`` at an offset from the first host that answers (``skip``: hosts not to
-        ask); the host that answered is kept first in ``preferred`` for the next ranges."""
+        ask); the host that answered is kept first in ``preferred`` for the next ranges.
+        With ``end``, ask for ``[offset, end)`` only (see ``check_bounded_range``)."""
         hosts = [h for h in self._hosts_for(r, "pull") if h.host not in skip]
         is_manifest = mediatypes.is_manifest(desc.media_type) or mediatypes.is_index(desc.media_type)
         kind = "manifests" if is_manifest else "blobs"
@@ -270,10 +285,16 @@ class RegistryClient:
             for host in preferred + [h for h in hosts if h not in preferred]:
                 what = f"fetch {r.name}@{desc.digest} from {host.host}"
                 url = self.transport.url(host, f"{r.repository}/{kind}/{desc.digest}")
-                req_headers = dict(headers, Range=f"bytes={offset}-") if offset > 0 else headers
+                if end is not None:
+                    req_headers = dict(headers, Range=f"bytes={offset}-{end - 1}")
+                else:
+                    req_headers = dict(headers, Range=f"bytes={offset}-") if offset > 0 else headers
                 try:
                     resp = self.transport.request(host, "GET", url, scopes=scopes, headers=req_headers)
-                    resp = open_range(resp, offset, desc.size, what)
+                    if end is not None:
+                        resp = check_bounded_range(resp, offset, end, desc.size, what)
+                    else:
+                        resp = open_range(resp, offset, desc.size, what)
                 except (
                     errors.NotFound,
                     errors.RegistryError,

@@ -35,7 +35,8 @@ from ocistore.oci.digest import Hasher, algorithm_of, new_hasher
 from ocistore.remotes.options import Retry
 from ocistore.remotes.transport import raise_for_status
 
-__all__ = ["CHUNK_SIZE", "BlobReader", "Opener", "ProgressFn", "copy_into", "open_range"]
+__all__ = ["CHUNK_SIZE", "BlobReader", "Opener", "ProgressFn", "check_bounded_range", "copy_into", "open_range",
+           "read_bounded"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,77 @@ def open_range(resp: urllib3.BaseHTTPResponse, offset: int, size: int, what: str
             f"the descriptor says {size - offset} remain"
         )
     return resp
+
+
+def check_bounded_range(
+    resp: urllib3.BaseHTTPResponse, start: int, end: int, size: int, what: str
+) -> urllib3.BaseHTTPResponse:
+    """Check the answer to ``Range: bytes=<start>-<end - 1>`` of a blob of ``size`` bytes.
+
+    ``206`` must name exactly that range (and the blob's size, or ``*``); ``200`` is accepted
+    only when the range is the whole blob, else ``RangeNotSupported`` (the registry ignored
+    the range: the caller falls back to a whole download); other statuses are errors.
+    """
+    if resp.status == 206:
+        content_range = resp.headers.get("Content-Range", "")
+        if content_range not in (f"bytes {start}-{end - 1}/{size}", f"bytes {start}-{end - 1}/*"):
+            resp.close()
+            raise errors.RegistryError(
+                f"{what}: asked for bytes {start}-{end - 1} of {size}, the registry sent range {content_range!r}",
+                status=206,
+            )
+        length = resp.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) != end - start:
+            resp.close()
+            raise errors.RegistryError(
+                f"{what}: the registry announced {length} bytes for a range of {end - start}", status=206
+            )
+        return resp
+    if resp.status == 200:
+        if start == 0 and end == size:
+            return resp
+        resp.close()
+        raise errors.RangeNotSupported(
+            f"{what}: the registry ignored the Range request and sent the whole blob ({size} bytes)"
+        )
+    raise_for_status(resp, what)
+    return resp
+
+
+def read_bounded(opener: Opener, start: int, end: int, retry: Retry, what: str) -> bytes:
+    """Bytes ``[start, end)`` through ``opener`` (which asks for ``[offset, end)``), resuming
+    a body cut short at most ``retry.read`` times; more bytes than asked is an error."""
+    parts: list[bytes] = []
+    pos = start
+    while pos < end:
+        resp = opener(pos)
+        error: BaseException | None = None
+        try:
+            while pos < end:
+                data = resp.read1(min(end - pos, CHUNK_SIZE), decode_content=True)
+                if not data:
+                    break
+                parts.append(data)
+                pos += len(data)
+        except (Urllib3HTTPError, OSError) as exc:
+            error = exc
+        if pos < end:
+            resp.close()
+            retry = retry.increment_read("GET", what, error=error)
+            if retry.is_exhausted():
+                raise errors.Unavailable(
+                    f"{what}: the range was cut short at byte {pos} too many times ({len(retry.history)})"
+                ) from error
+            continue
+        try:
+            extra = resp.read(1, decode_content=True)
+        except (Urllib3HTTPError, OSError):
+            extra = b""
+        if extra:
+            resp.close()
+            raise errors.SizeLimitExceeded(f"{what}: the registry sent more bytes than the range asked for")
+        resp.release_conn()
+    return b"".join(parts)
 
 
 def _discard(resp: urllib3.BaseHTTPResponse, count: int, what: str) -> None:

@@ -13,7 +13,12 @@
   snapshotter), and child links point at existing snapshots;
 * a snapshotter directory holds nothing ocistore did not make (reported, never removed);
 * no orphan blob file, ingest directory or snapshot directory (see
-  :mod:`ocistore.metadata.orphans`).
+  :mod:`ocistore.metadata.orphans`);
+* a *partial* blob (a layer fetched with ``lazy=True``: footer and TOC only) has no blob
+  file and is not a problem: it is listed in ``CheckReport.partial``; its TOC blob must be
+  in the same namespace, and the chunks cached for it must hash to their names. A chunk
+  cache left by a layer that is no longer partial is removed by gc (and by ``repair``),
+  not reported: it is a cache.
 
 ``repair=True`` removes orphans only (what no record references); referenced data that is
 damaged is reported, never touched.
@@ -56,6 +61,8 @@ class CheckReport:
     ok: bool
     problems: list[str] = attrs.field(factory=list)
     repaired: list[str] = attrs.field(factory=list)
+    partial: list[str] = attrs.field(factory=list)
+    """One line per partial blob (a lazily fetched layer: remote, not missing)."""
 
 
 @attrs.define
@@ -67,6 +74,7 @@ class _State:
     images: list[tuple[str, str, dict[str, Any]]] = attrs.field(factory=list)
     snapshots: dict[tuple[str, str, str], dict[str, Any]] = attrs.field(factory=dict)
     children: list[tuple[str, str, str, str]] = attrs.field(factory=list)
+    partial: dict[tuple[str, str], dict[str, Any]] = attrs.field(factory=dict)  # (ns, digest) -> record
 
 
 def _load(txn: Txn) -> _State:
@@ -75,6 +83,8 @@ def _load(txn: Txn) -> _State:
         ns, digest = k.decode().split(SEP, 1)
         st.content.setdefault(digest, {})[ns] = int(rec.get("size", -1))
         st.content_labels[ns, digest] = dict(rec.get("labels") or {})
+        if isinstance(rec.get("partial"), dict):
+            st.partial[ns, digest] = dict(rec["partial"])
     for k, rec in txn.scan("images"):
         ns, name = k.decode().split(SEP, 1)
         st.images.append((ns, name, dict(rec.get("target") or {})))
@@ -96,13 +106,15 @@ def check(
         st = _load(txn)
     problems: list[str] = []
     problems += _check_blobs(layout, st, verify)
+    partial, bad = _check_partial(layout, st, verify)
+    problems += bad
     problems += _check_images(layout, st)
     problems += _check_snapshots(layout, st)
     repaired: list[str] = []
     if repair:
         repaired = [f"removed {o.describe()}" for o in remove_orphans(db, layout)]
-    problems += [o.describe() for o in list_orphans(db, layout)]
-    return CheckReport(ok=not problems, problems=problems, repaired=repaired)
+    problems += [o.describe() for o in list_orphans(db, layout) if o.kind != "chunks"]
+    return CheckReport(ok=not problems, problems=problems, repaired=repaired, partial=partial)
 
 
 # -- blobs -----------------------------------------------------------------------------------
@@ -110,7 +122,10 @@ def check(
 
 def _check_blobs(layout: RootLayout, st: _State, verify: bool) -> list[str]:
     out = []
-    for digest, sizes in sorted(st.content.items()):
+    for digest, all_sizes in sorted(st.content.items()):
+        sizes = {ns: n for ns, n in all_sizes.items() if (ns, digest) not in st.partial}
+        if not sizes:
+            continue  # partial everywhere: no blob file expected (see _check_partial)
         where = ", ".join(sorted(sizes))
         try:
             path = layout.content.blob_path(digest)
@@ -135,6 +150,43 @@ def _check_blobs(layout: RootLayout, st: _State, verify: bool) -> list[str]:
             elif actual != digest:
                 out.append(f"content {digest} (namespace {where}): blob file hashes to {actual}")
     return out
+
+
+def _check_partial(layout: RootLayout, st: _State, verify: bool) -> tuple[list[str], list[str]]:
+    """(report lines, problems) of the partial blobs: TOC blob present, cached chunks intact."""
+    lines: list[str] = []
+    out: list[str] = []
+    for (ns, digest), rec in sorted(st.partial.items()):
+        toc = str(rec.get("toc_digest", ""))
+        what = f"content {digest} (namespace {ns})"
+        if ns not in st.content.get(toc, {}) or (ns, toc) in st.partial:
+            out.append(f"{what}: partial layer whose TOC blob {toc or '(none)'} is not in the content store; "
+                       "fetch the image again")
+        try:
+            chunk_dir = layout.content.chunk_dir(digest)
+        except errors.InvalidArgument:
+            continue  # reported as an invalid digest by the blob check
+        cached = 0
+        for entry in sorted(_scan(chunk_dir), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue  # a chunk being written
+            cached += 1
+            if verify:
+                alg, _, hexpart = entry.name.partition("-")
+                actual = _hash_file(Path(entry.path), alg) if alg in ("sha256", "sha512") else None
+                if actual != f"{alg}:{hexpart}":
+                    out.append(f"{what}: cached chunk {entry.path} does not hash to its name; remove the file")
+        lines.append(f"{what}: partial (lazily fetched eStargz layer from {rec.get('ref', '?')}: TOC {toc}, "
+                     f"{cached} chunks cached)")
+    return lines, out
+
+
+def _scan(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _hash_file(path: Path, alg: str) -> str | None:

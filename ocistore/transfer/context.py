@@ -9,9 +9,9 @@ imports it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -45,6 +45,9 @@ class OperationContext:
     """When each image was last used (eviction order); None: not recorded."""
     snapshot_budget: int | None = None
     """Bytes the committed snapshots of the namespace may take; unpacks evict above it."""
+    registry: Mapping[str, Any] = attrs.field(factory=dict)
+    """The store's registry options, for operations that reach a registry on their own
+    (completing a lazily fetched layer, reading its chunks)."""
 
     def touch(self, snapshotter: str, name: str) -> None:
         """Record that image ``name`` was used in ``snapshotter`` (unpacked, or a container created)."""

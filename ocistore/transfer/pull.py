@@ -36,8 +36,10 @@ from ocistore.transfer.workers import worker_pool
 
 if TYPE_CHECKING:
     from ocistore import remotes
+    from ocistore.transfer import lazyfetch
 else:
     remotes = lazy_module("ocistore.remotes")  # urllib3 and ssl load on the first registry call
+    lazyfetch = lazy_module("ocistore.transfer.lazyfetch")
 
 __all__ = ["DEFAULT_THRESHOLD", "discard_unpacked_layers", "fetch", "pull"]
 
@@ -73,13 +75,22 @@ def _fetch(
 def fetch(
     ctx: OperationContext, ref: str, *, platform: PlatformArg = None, strict: bool = True,
     all_platforms: bool = False, progress: Callable[[ProgressEvent], None] | None = None,
-    registry: Mapping[str, Any] | None = None,
+    registry: Mapping[str, Any] | None = None, lazy: bool = False,
 ) -> Image:
-    """Download an image for ``platform`` (default: the host, strict) or all platforms."""
+    """Download an image for ``platform`` (default: the host, strict) or all platforms.
+
+    ``lazy=True``: eStargz layers are fetched as footer and TOC only (partial blobs, see
+    :mod:`ocistore.transfer.lazyfetch`); the other layers whole.
+    """
     matcher = None if all_platforms else matcher_for(platform, strict=strict)
-    name, target, client, _source = _fetch(ctx, ref, matcher, 0, Progress(progress), registry or {},
-                                           platform=platform, strict=strict)
-    client.close()
+    prog = Progress(progress)
+    name, target, client, source = _fetch(ctx, ref, matcher, 0, prog, registry or {},
+                                          fetch_layers=not lazy, platform=platform, strict=strict)
+    try:
+        if lazy:
+            lazyfetch.fetch_layers_lazily(ctx, client, name, source, target, prog)
+    finally:
+        client.close()
     return ctx.images.upsert(name, target)
 
 

@@ -48,8 +48,10 @@ from ocistore.transfer.progress import Progress, ProgressEvent, ref_key
 
 if TYPE_CHECKING:
     from ocistore import remotes
+    from ocistore.transfer import lazyfetch
 else:
     remotes = lazy_module("ocistore.remotes")  # urllib3 and ssl load on the first registry call
+    lazyfetch = lazy_module("ocistore.transfer.lazyfetch")
 
 __all__ = ["DISTRIBUTION_SOURCE", "PushPlan", "plan_push", "push"]
 
@@ -223,13 +225,16 @@ def push(
 ) -> Descriptor:
     """Upload the image ``name`` to ``ref``; returns the descriptor the tag names.
 
-    See the module docstring for what is pushed. ``chunk_size`` uploads blobs in ``PATCH``
+    See the module docstring for what is pushed. Layers fetched lazily (partial) are
+    downloaded whole first, from where they were fetched. ``chunk_size`` uploads blobs in ``PATCH``
     chunks of that many bytes (default: one streamed ``PUT``); ``mount_from`` names
     repositories of the destination registry to try cross-repository mounts from;
     ``max_concurrent`` bounds the parallel blob uploads (default: the registry options'
     ``max_concurrent_downloads``).
     """
     image = ctx.images.find(name)
+    with ctx.lease():  # lazily fetched layers: downloaded whole (verified) before they are sent
+        lazyfetch.complete_image(ctx, image.name, progress)
     plan = plan_push(ctx.content, image.name, image.target, platform=platform, all_platforms=all_platforms,
                      strict=strict)
     dest = _destination(ref, plan.root)

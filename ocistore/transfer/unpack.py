@@ -38,10 +38,11 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from ocistore import archive
-    from ocistore.transfer import evict
+    from ocistore.transfer import evict, lazyfetch
 else:
     archive = lazy_module("ocistore.archive")  # the layer applier: not loaded by a create that finds the chain
     evict = lazy_module("ocistore.transfer.evict")  # only with a snapshot budget
+    lazyfetch = lazy_module("ocistore.transfer.lazyfetch")  # the registry client loads only when needed
 
 __all__ = ["first_missing_layer", "is_unpacked", "snapshot_labels_for", "unpack_image", "unpack_parts"]
 
@@ -170,6 +171,8 @@ def unpack_parts(
     with ctx.lease():
         with ctx.lock(f"unpack/{ctx.namespace}/{snapshotter}/{top}"):
             todo = _todo(sn, chains)
+            if todo and layer_ready is None:  # lazily fetched (partial) layers are downloaded whole first
+                lazyfetch.complete_layers(ctx, parts.layers[todo[0]:], progress)
             job = _Job(ctx.content, sn, parts, image_ref, snapshot_labels, progress, layer_ready, layer_stream)
             _unpack_todo(job, todo)
             if todo:
