@@ -28,7 +28,7 @@ from ocistore import errors
 from ocistore.estargz.toc import TOC, Chunk, TOCEntry, clean_name
 from ocistore.estargz.writer import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 
-__all__ = ["MAX_LINKS", "ROOT_INO", "MergedTree", "Node", "merge_tocs", "parse_modtime"]
+__all__ = ["MAX_LINKS", "ROOT_INO", "MergedTree", "Node", "merge_tocs", "parse_modtime", "prioritized_chunks"]
 
 MAX_LINKS = 255
 """Symlinks followed while resolving one path (as the unpack's resolver and containerd's RootPath)."""
@@ -318,3 +318,16 @@ def merge_tocs(tocs: Sequence[TOC]) -> MergedTree:
     for index, toc in enumerate(tocs):
         builder.layer(index, toc)
     return MergedTree(builder.root, len(tocs))
+
+
+def prioritized_chunks(toc: TOC) -> list[Chunk]:
+    """The chunks of the files a ``.prefetch.landmark`` marks as prioritized (the entries
+    before it, as stargz-snapshotter reads them); empty without that landmark."""
+    if toc.landmark() != PREFETCH_LANDMARK:
+        return []
+    out: list[Chunk] = []
+    for entry, chunks in toc.files():
+        if entry.type == "reg" and clean_name(entry.name) == PREFETCH_LANDMARK:
+            return out
+        out.extend(chunks)
+    return out
