@@ -135,6 +135,7 @@ class Store:
             snapshot_budget=snapshot_budget,
         )
         self._containers: Containers | None = None
+        self._lazy_trees: lazyread.TreeCache | None = None  # merged eStargz trees of read_file/open_file
         if not readonly:
             self._clean_tmp()
 
@@ -387,7 +388,10 @@ class Store:
                     raise errors.NotFound(
                         f"no image or container {image_or_container!r} in namespace {self.namespace!r}"
                     ) from None
-        return lazyread.lazy_image(self._ops, name, platform)
+        with self._lock:
+            if self._lazy_trees is None:
+                self._lazy_trees = lazyread.TreeCache()
+        return lazyread.lazy_image(self._ops, name, platform, self._lazy_trees)
 
     def read_file(self, image_or_container: str | Container, path: str, platform: PlatformArg = None) -> bytes:
         """The bytes of the file at ``path`` in an eStargz image (or a container's image), read
