@@ -12,6 +12,7 @@
       snapshots/<snapshotter>/gc-rm-*     a snapshot directory being removed
       tmp/                                scratch, cleaned on open
       tmp/locks/<hash>.lock               keyed locks (unpacks)
+      lazyfs/<namespace>/<id>/            a lazy container: FUSE mount point (mnt/), helper pid, log
 
 Every module that touches the disk asks :class:`RootLayout` (or the
 :class:`ContentLayout` of its ``content`` directory) for paths; none rebuilds them.
@@ -157,6 +158,15 @@ class RootLayout:
     def snapshot_fs(self, snapshotter: str, sid: int | str) -> Path:
         """``snapshots/<snapshotter>/<id>/fs``: the snapshot's files (an overlay upper dir)."""
         return fs_of(self.snapshot_dir(snapshotter, sid))
+
+    @property
+    def lazyfs(self) -> Path:
+        """The FUSE mounts of lazy containers (``lazyfs/<namespace>/<id>/``)."""
+        return self.root / "lazyfs"
+
+    def lazy_dir(self, namespace: str, container: str) -> Path:
+        """``lazyfs/<namespace>/<id>``: the lazy rootfs helper's mount point, pid and log."""
+        return self.lazyfs / namespace / container
 
     def snapshotter_dirs(self) -> list[tuple[str, Path]]:
         """(snapshotter, directory) for every snapshotter directory present, by name."""

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ocistore import errors
 from ocistore._files import remove_tree
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         imports,
         inspect,
         lazyfetch,
+        lazyread,
         pull,
         push,
         unpack,
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
         workers,
     )
     from ocistore.transfer.check import CheckReport
-    from ocistore.transfer.containers import Containers
+    from ocistore.transfer.containers import Container, Containers
     from ocistore.transfer.evict import EvictedLayer
     from ocistore.transfer.inspect import ImageInspection
     from ocistore.transfer.progress import ProgressEvent
@@ -62,6 +63,7 @@ else:
     gc = lazy_module("ocistore.metadata.gc")
     check = lazy_module("ocistore.transfer.check")
     containers = lazy_module("ocistore.transfer.containers")
+    lazyread = lazy_module("ocistore.transfer.lazyread")
     convert = lazy_module("ocistore.transfer.convert")
     evict = lazy_module("ocistore.transfer.evict")
     exports = lazy_module("ocistore.transfer.exports")
@@ -135,6 +137,7 @@ class Store:
             snapshot_budget=snapshot_budget, registry=self.registry_options,
         )
         self._containers: Containers | None = None
+        self._lazy_trees: lazyread.TreeCache | None = None  # merged eStargz trees of read_file/open_file
         if not readonly:
             self._clean_tmp()
 
@@ -393,6 +396,44 @@ class Store:
         was fetched lazily: verified chunks by ranged reads from its registry, cached in the store.
         Registry options override the store's. Close it when done."""
         return lazyfetch.remote_source(self._ops, image, layer, registry=self._registry(options))
+
+    def _lazy_image(self, image_or_container: str | Container, platform: PlatformArg) -> lazyread.LazyImage:
+        if isinstance(image_or_container, containers.Container):
+            name = image_or_container.image
+        else:
+            name = image_or_container
+            try:
+                self.images.find(name)
+            except errors.NotFound:
+                try:
+                    name = self.containers.get(name).image
+                except (errors.NotFound, errors.InvalidArgument):
+                    raise errors.NotFound(
+                        f"no image or container {image_or_container!r} in namespace {self.namespace!r}"
+                    ) from None
+        with self._lock:
+            if self._lazy_trees is None:
+                self._lazy_trees = lazyread.TreeCache()
+        return lazyread.lazy_image(self._ops, name, platform, self._lazy_trees)
+
+    def read_file(self, image_or_container: str | Container, path: str, platform: PlatformArg = None) -> bytes:
+        """The bytes of the file at ``path`` in an eStargz image (or a container's image), read
+        from the chunks of its layers without unpacking; see docs/guide.md "Lazy pulling"."""
+        image = self._lazy_image(image_or_container, platform)
+        try:
+            return image.read(path)
+        finally:
+            image.close()
+
+    def open_file(self, image_or_container: str | Container, path: str, platform: PlatformArg = None) -> BinaryIO:
+        """A seekable binary reader of ``path`` in an eStargz image that reads only the chunks it
+        touches (close it when done); errors as :meth:`read_file`."""
+        image = self._lazy_image(image_or_container, platform)
+        try:
+            return image.open(path, on_close=image.close)
+        except BaseException:
+            image.close()
+            raise
 
     def disk_usage(self) -> DiskUsage:
         """Bytes allocated on disk by content, ingests, snapshots and metadata."""

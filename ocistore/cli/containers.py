@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pull.add_snapshotter_argument(p)
     pull.add_platform_argument(p)
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label the container")
+    p.add_argument("--lazy", action="store_true",
+                   help="eStargz image not unpacked yet: a FUSE rootfs that reads files on first access "
+                        "(a detached helper serves it until the container is removed)")
     p.set_defaults(func=cmd_create)
 
     p = verbs.add_parser("ls", aliases=["list"], help="list containers")
@@ -63,7 +66,7 @@ def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
     with pull.progress_of(ctx, terminal_only=True) as progress:  # a lazy unpack takes seconds
         container = ctx.store.containers.create(args.id, args.image, snapshotter=args.snapshotter,
                                                 labels=labels or None, platform=args.platform,
-                                                progress=progress)
+                                                progress=progress, lazy=args.lazy)
     if ctx.json:
         print_json(ctx.stdout, _container_json(container))
     else:

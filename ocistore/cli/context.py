@@ -22,6 +22,8 @@ _API_TO_CLI = (
     (re.compile(r"\bplatform=(?=\w)"), "--platform "),
     (re.compile(r"\bplatform="), "--platform"),
     (re.compile(r"\bcheck\(repair=True\)"), "'ocistore check --repair'"),
+    (re.compile(r"\bstore\.convert\('([^']*)', to='estargz'\)"), r"'ocistore images convert --estargz \1 DST'"),
+    (re.compile(r"\bwithout lazy=True\b"), "without --lazy"),
 )
 
 

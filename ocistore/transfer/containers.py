@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import attrs
 
 from ocistore import errors
-from ocistore.images.image import image_parts
+from ocistore.images.image import ImageParts, image_parts
 from ocistore.metadata.containers import ContainerRecord, ContainerRecords, validate_id
 from ocistore.oci.platform import PlatformArg
 from ocistore.snapshots.types import Mount
+from ocistore.transfer import lazyread, lazyrootfs
 from ocistore.transfer.context import OperationContext, SnapshotterLookup
 from ocistore.transfer.progress import Progress, ProgressEvent
 from ocistore.transfer.unpack import unpack_parts
@@ -32,11 +34,23 @@ class Container(ContainerRecord):
     snapshotters: SnapshotterLookup | None = attrs.field(default=None, eq=False, repr=False, hash=False)
 
     @property
+    def lazy(self) -> bool:
+        """Whether the root filesystem is lazy (an overlay over a FUSE mount of the image's TOCs)."""
+        return lazyrootfs.LAZY_LABEL in self.labels
+
+    @property
     def mounts(self) -> list[Mount]:
-        """The mounts of the container's root filesystem (its active snapshot)."""
+        """The mounts of the container's root filesystem (its active snapshot).
+
+        For a lazy container: an overlay whose lower dir is the FUSE mount of its image
+        (Unavailable when the FUSE helper is not serving any more)."""
         if self.snapshotters is None:
             raise errors.FailedPrecondition(f"container {self.id!r} is not bound to a store")
-        return self.snapshotters(self.snapshotter).mounts(self.snapshot_key)
+        sn = self.snapshotters(self.snapshotter)
+        if self.lazy:
+            return lazyrootfs.lazy_mounts(Path(self.labels[lazyrootfs.LAZY_LABEL]), sn.path(self.snapshot_key),
+                                          self.id)
+        return sn.mounts(self.snapshot_key)
 
 
 class Containers:
@@ -63,16 +77,25 @@ class Containers:
     def create(
         self, id: str, image: str, snapshotter: str = "overlayfs",
         labels: Mapping[str, str] | None = None, platform: PlatformArg = None,
-        progress: Callable[[ProgressEvent], None] | None = None,
+        progress: Callable[[ProgressEvent], None] | None = None, lazy: bool = False,
     ) -> Container:
         """Create container ``id`` with a writable snapshot of ``image`` (unpacking it if needed).
 
         ``image`` is the stored name or any reference that normalises to it. AlreadyExists
         if the container exists; NotFound if the image does not. ``progress`` receives the
         events of a lazy unpack, as for pull.
+
+        ``lazy=True`` on an eStargz image that is not unpacked yet gives a lazy rootfs: a
+        FUSE mount of the merged TOCs (files read on first access, the prioritized ones
+        before this returns) under an overlay upper dir, served by a detached helper
+        process that also unpacks the image in the background (see
+        ``ocistore.transfer.lazyrootfs``). An image already unpacked gives an ordinary
+        container. FailedPrecondition when FUSE is missing or the image is not eStargz.
         """
         ctx = self._ctx
         validate_id(id)
+        if labels and lazyrootfs.LAZY_LABEL in labels:
+            raise errors.InvalidArgument(f"label {lazyrootfs.LAZY_LABEL} is set by lazy=True, not by the caller")
         img = ctx.images.find(image)
         try:
             self._records.get(id)
@@ -88,6 +111,8 @@ class Containers:
         try:
             sn.prepare(id, parts.chain_id)
         except errors.NotFound:
+            if lazy:
+                return self._create_lazy(id, img.name, parts, snapshotter, labels)
             with ctx.lease():
                 # unpack_parts records the use and, over a snapshot budget, evicts other images
                 unpack_parts(ctx, parts, image_ref=img.name, snapshotter=snapshotter,
@@ -102,8 +127,40 @@ class Containers:
             raise
         return self._wrap(rec)
 
+    def _create_lazy(self, id: str, image: str, parts: ImageParts, snapshotter: str,
+                     labels: Mapping[str, str] | None) -> Container:
+        ctx = self._ctx
+        sn = ctx.snapshotter(snapshotter)
+        if not sn.supports_mount:
+            raise errors.InvalidArgument(f"a lazy rootfs needs an overlay snapshotter, not {snapshotter!r}")
+        missing = lazyrootfs.fuse_missing()
+        if missing is not None:
+            raise errors.FailedPrecondition(
+                f"a lazy rootfs needs FUSE: {missing}; without it, read files with store.read_file, or create "
+                "the container without lazy=True (which unpacks the image)"
+            )
+        lazyread.open_image(ctx, parts, image).close()  # typed errors here: not eStargz, blob missing, bad TOC
+        sn.prepare(id, "")  # the upper dir; the image's tree is the FUSE lower dir
+        try:
+            directory = lazyrootfs.start_helper(ctx.layout, ctx.namespace, id, image, snapshotter)
+        except BaseException:
+            sn.remove(id)
+            raise
+        try:
+            rec = self._records.create(ContainerRecord(
+                id=id, image=image, snapshotter=snapshotter, snapshot_key=id,
+                labels={**(labels or {}), lazyrootfs.LAZY_LABEL: str(directory)},
+            ))
+        except BaseException:
+            lazyrootfs.stop_helper(directory)
+            sn.remove(id)
+            raise
+        return self._wrap(rec)
+
     def delete(self, cid: str) -> None:
-        """Delete the record and its active snapshot."""
+        """Delete the record and its active snapshot (a lazy one's FUSE helper is stopped first)."""
+        if lazyrootfs.LAZY_LABEL in self._records.get(cid).labels:
+            lazyrootfs.stop_helper(self._ctx.layout.lazy_dir(self._ctx.namespace, cid))
         rec = self._records.delete(cid)
         with contextlib.suppress(errors.NotFound):
             self._ctx.snapshotter(rec.snapshotter).remove(rec.snapshot_key)

@@ -1,0 +1,82 @@
+"""``python -m ocistore.cli.lazyfs``: the helper process that serves one lazy container's rootfs.
+
+Started by ``containers.create(..., lazy=True)`` (``ocistore.transfer.lazyrootfs``), never by
+hand. It opens the store, merges the image's eStargz TOCs, prefetches the prioritized files
+(``.prefetch.landmark``), mounts the tree with FUSE, writes ``ready <pid>`` to the pipe
+``--ready-fd``, fills the image in the background (an ordinary unpack: committed snapshots)
+and serves until the mount is unmounted (``containers.delete``) or it gets SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import traceback
+
+from ocistore import errors
+from ocistore.store import Store
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ocistore.cli.lazyfs", description=__doc__)
+    p.add_argument("--root", required=True)
+    p.add_argument("--namespace", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--snapshotter", default="overlayfs")
+    p.add_argument("--mountpoint", required=True)
+    p.add_argument("--ready-fd", type=int, required=True)
+    p.add_argument("--no-fill", action="store_true", help="do not unpack the image in the background")
+    return p
+
+
+def _fill(store: Store, image: str, snapshotter: str) -> None:
+    try:
+        store.unpack(image, snapshotter=snapshotter)
+        print(f"ocistore lazyfs: {image} filled into {snapshotter}", file=sys.stderr, flush=True)
+    except errors.Error as exc:
+        print(f"ocistore lazyfs: background fill of {image} failed: {exc}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until unmounted; 0 on a clean unmount."""
+    from ocistore.transfer import fuseserver
+
+    args = _parser().parse_args(argv)
+    ready_fd: int | None = args.ready_fd
+    try:
+        store = Store(args.root, args.namespace)
+        image = store._lazy_image(args.image, None)
+        ops = fuseserver.LazyFS(image)
+        prefetched = ops.prefetch()  # before the mount is ready: create returns after it
+        print(f"ocistore lazyfs: {image.name}: prefetched {prefetched} bytes", file=sys.stderr, flush=True)
+    except (errors.Error, OSError) as exc:
+        print(f"ocistore lazyfs: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+    def on_init() -> None:
+        nonlocal ready_fd
+        if ready_fd is not None:
+            os.write(ready_fd, f"ready {os.getpid()}\n".encode())
+            os.close(ready_fd)
+            ready_fd = None
+        if not args.no_fill:
+            threading.Thread(target=_fill, args=(store, image.name, args.snapshotter), daemon=True,
+                             name="ocistore-lazyfs-fill").start()
+
+    ops.on_init = on_init
+    try:
+        fuseserver.serve(ops, args.mountpoint)
+    except Exception:  # anything: the helper's last word goes to its log
+        traceback.print_exc()
+        return 1
+    finally:
+        image.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Lazy container rootfs: a real FUSE mount of the merged eStargz TOCs under a real overlay.
+
+Each lazy container's tree is compared, file by file, with the ordinary container of the same
+image; writes land in the overlay's upper dir; the background fill commits the image's
+snapshots; delete unmounts and stops the helper; a killed helper gives an error, not a hang.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from archive_helpers import CORPUS
+from lazy_helpers import dir_tree, store_plain_image, tar_layer
+
+from ocistore import Store, errors
+from ocistore.mount import is_mounted, mounted
+from ocistore.transfer import lazyrootfs
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="/dev/fuse is missing: no FUSE mounts")
+
+TAGS = ("debian:gzip", "app:layers")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("lazyfs")
+    store = Store(root)
+    store.import_archive(CORPUS, fetch_only=True)
+    prioritized = {"app:layers": ["usr/bin/bash", "usr/lib/os-release"]}
+    names = {tag: store.convert(tag, dst=f"example.com/esgz/{tag.replace(':', '-')}:esgz", compression_level=1,
+                                prioritized_files=prioritized.get(tag)).name for tag in TAGS}
+    yield store, names, root
+    for c in store.containers.list():
+        store.containers.delete(c.id)
+    store.close()
+
+
+def _fresh(store: Store, name: str) -> None:
+    """Drop the image's snapshots so that the next lazy create is lazy again."""
+    store.remove_unpacked(name)
+    store.gc()
+
+
+def _pid(container: Any) -> int:
+    return int((Path(container.labels[lazyrootfs.LAZY_LABEL]) / "pid").read_text())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_lazy_rootfs_equals_the_ordinary_rootfs(corpus: Any, tag: str, tmp_path: Path) -> None:
+    store, names, _root = corpus
+    name = names[tag]
+    _fresh(store, name)
+    lazy = store.containers.create(f"lazy-{tag.replace(':', '-')}", name, lazy=True)
+    assert lazy.lazy and lazy.mounts[0].type == "overlay"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with mounted(lazy.mounts, tmp_path / "a") as root:
+        ours = dir_tree(root)
+    # the ordinary container of the same image (unpacked now, if the fill has not done it yet)
+    store.unpack(name)
+    plain = store.containers.create(f"plain-{tag.replace(':', '-')}", name)
+    assert not plain.lazy
+    with mounted(plain.mounts, tmp_path / "b") as root:
+        expected = dir_tree(root)
+    assert ours == expected
+    assert len(ours) > 1000
+    store.containers.delete(lazy.id)
+    store.containers.delete(plain.id)
+    assert store.check().ok
+
+
+def test_writes_stay_in_the_container(corpus: Any, tmp_path: Path) -> None:
+    store, names, _root = corpus
+    name = names["debian:gzip"]
+    _fresh(store, name)
+    c = store.containers.create("writer", name, lazy=True)
+    before = store.read_file(name, "etc/os-release")
+    with mounted(c.mounts, tmp_path) as root:
+        (root / "etc/os-release").write_text("changed\n")
+        (root / "new-file").write_bytes(b"new")
+        os.unlink(root / "etc/hostname")
+        out = subprocess.run(["chroot", str(root), "/bin/sh", "-c", "cat /etc/os-release; ls /new-file"],
+                             capture_output=True, text=True, check=True).stdout
+        assert out == "changed\n/new-file\n"
+        lower = Path(c.labels[lazyrootfs.LAZY_LABEL]) / "mnt"
+        assert (lower / "etc/os-release").read_bytes() == before  # the FUSE lower is untouched
+        assert (lower / "etc/hostname").exists()
+        with pytest.raises(OSError) as exc:
+            (lower / "x").write_bytes(b"x")
+        assert exc.value.errno == errno.EROFS
+    assert store.read_file(name, "etc/os-release") == before
+    with pytest.raises(errors.NotFound):
+        store.read_file(name, "new-file")
+    upper = store.snapshots("overlayfs").path(c.snapshot_key)
+    assert (upper / "new-file").read_bytes() == b"new"
+    store.containers.delete("writer")
+    assert store.check().ok
+
+
+def test_background_fill_commits_the_image(corpus: Any) -> None:
+    store, names, _root = corpus
+    name = names["app:layers"]
+    _fresh(store, name)
+    assert not store.is_unpacked(name)
+    c = store.containers.create("filled", name, lazy=True)
+    log = Path(c.labels[lazyrootfs.LAZY_LABEL]) / "log"
+    deadline = time.monotonic() + 300
+    while not store.is_unpacked(name) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.is_unpacked(name), log.read_text()
+    assert "prefetched" in log.read_text() and "filled" in log.read_text()
+    assert store.check().ok
+    again = store.containers.create("after-fill", name, lazy=True)
+    assert not again.lazy  # the chain is committed: an ordinary container
+    assert c.mounts  # the lazy one keeps working
+    store.containers.delete("after-fill")
+    store.containers.delete("filled")
+    assert store.check().ok
+
+
+def test_delete_unmounts_and_stops_the_helper(corpus: Any) -> None:
+    store, names, _root = corpus
+    name = names["debian:gzip"]
+    _fresh(store, name)
+    c = store.containers.create("short", name, lazy=True)
+    directory = Path(c.labels[lazyrootfs.LAZY_LABEL])
+    pid = _pid(c)
+    assert _alive(pid) and is_mounted(directory / "mnt")
+    assert "ocistore-lazy" in Path("/proc/self/mounts").read_text()
+    store.containers.delete("short")
+    assert not _alive(pid)
+    assert not directory.exists()
+    assert str(directory) not in Path("/proc/self/mounts").read_text()
+    with pytest.raises(errors.NotFound):
+        store.containers.get("short")
+    assert store.check().ok
+
+
+def test_a_killed_helper_is_an_error_not_a_hang(corpus: Any) -> None:
+    store, names, _root = corpus
+    name = names["debian:gzip"]
+    _fresh(store, name)
+    c = store.containers.create("killed", name, lazy=True)
+    directory = Path(c.labels[lazyrootfs.LAZY_LABEL])
+    pid = _pid(c)
+    os.kill(pid, signal.SIGKILL)
+    while _alive(pid):
+        time.sleep(0.05)
+    probe = subprocess.run([sys.executable, "-c", f"import os; os.listdir({str(directory / 'mnt/etc')!r})"],
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert probe.returncode != 0 and "Transport endpoint is not connected" in probe.stderr
+    with pytest.raises(errors.Unavailable, match="not served any more"):
+        store.containers.get("killed").mounts  # noqa: B018 - the property raises
+    store.containers.delete("killed")
+    assert not directory.exists() and str(directory) not in Path("/proc/self/mounts").read_text()
+    assert store.check().ok
+
+
+def test_the_cli_leaves_a_working_mount(corpus: Any) -> None:
+    store, names, root = corpus
+    name = names["debian:gzip"]
+    _fresh(store, name)
+    cli = [sys.executable, "-m", "ocistore", "--root", str(root)]
+    subprocess.run([*cli, "containers", "create", "--lazy", "from-cli", name], check=True, timeout=120,
+                   capture_output=True)
+    c = store.containers.get("from-cli")
+    assert c.lazy
+    lower = Path(c.labels[lazyrootfs.LAZY_LABEL]) / "mnt"
+    assert (lower / "etc/os-release").read_bytes() == store.read_file(name, "etc/os-release")
+    subprocess.run([*cli, "containers", "rm", "from-cli"], check=True, timeout=60, capture_output=True)
+    assert not lower.exists()
+
+
+def test_lazy_needs_an_estargz_image(tmp_path: Path) -> None:
+    with Store(tmp_path / "root") as store:
+        store_plain_image(store, "example.com/plain:1", [tar_layer([("f", b"data")])])
+        with pytest.raises(errors.FailedPrecondition, match="convert"):
+            store.containers.create("c", "example.com/plain:1", lazy=True)
+        assert store.containers.list() == []
+        assert list(store.snapshots("overlayfs").walk()) == []
+        with pytest.raises(errors.InvalidArgument):
+            store.containers.create("c", "example.com/plain:1", lazy=True, labels={lazyrootfs.LAZY_LABEL: "/"})
+        image = store.convert("example.com/plain:1", dst="example.com/e:1")
+        with pytest.raises(errors.InvalidArgument, match="overlay"):
+            store.containers.create("c", image.name, lazy=True, snapshotter="native")
+        assert store.check().ok
+
+
+def test_fuse_missing_names_what_is_missing() -> None:
+    assert lazyrootfs.fuse_missing() is None  # this machine has /dev/fuse, mfusepy and libfuse3
