@@ -87,7 +87,8 @@ class Store:
 
     def __init__(
         self, root: str | os.PathLike[str], namespace: str = "default", *, content_sharing: str = "shared",
-        readonly: bool | None = None, snapshot_budget: int | None = None, **registry: Any,
+        readonly: bool | None = None, snapshot_budget: int | None = None, dedup: bool = False,
+        **registry: Any,
     ) -> None:
         """Open (creating it if needed) the store at ``root``, seen through ``namespace``.
 
@@ -100,6 +101,12 @@ class Store:
         (pull, unpack, import, a container create's lazy unpack) that leaves them above it
         evicts the least recently used images no container uses (see :meth:`evict`), never
         the image it unpacked.
+
+        ``dedup=True`` makes unpacks (pull, unpack, import, a container create's lazy unpack)
+        hard-link each applied regular file of at least 16 KiB to an identical file (same
+        bytes, compared in full, and same mode, owner, times and xattrs) of a committed
+        snapshot of this root instead of keeping a second copy; ``pull`` and ``unpack`` also
+        take ``dedup=`` per call. See docs/guide.md, "Inline file dedup".
         """
         unknown = set(registry) - set(REGISTRY_OPTIONS)
         if unknown:
@@ -108,6 +115,7 @@ class Store:
             raise errors.InvalidArgument(f"snapshot_budget={snapshot_budget} must be >= 0 bytes (or None)")
         self.namespace = validate_namespace(namespace)
         self.snapshot_budget = snapshot_budget
+        self.dedup = bool(dedup)
         self.layout = RootLayout(root)
         self.root = self.layout.root
         if readonly is None:
@@ -130,7 +138,7 @@ class Store:
         self._ops = OperationContext(
             namespace=self.namespace, layout=self.layout, content=self.content, images=self.images,
             snapshotter=self.snapshots, leases=self.leases, image_use=ImageUse(self.db, self.namespace),
-            snapshot_budget=snapshot_budget,
+            snapshot_budget=snapshot_budget, dedup=self.dedup,
         )
         self._containers: Containers | None = None
         if not readonly:
@@ -151,7 +159,7 @@ class Store:
     def with_namespace(self, namespace: str) -> Store:
         """A view of the same root in another namespace (close it too)."""
         return Store(self.root, namespace, content_sharing=self.content_sharing, readonly=self.readonly,
-                     snapshot_budget=self.snapshot_budget, **self.registry_options)
+                     snapshot_budget=self.snapshot_budget, dedup=self.dedup, **self.registry_options)
 
     def close(self) -> None:
         """Release the snapshotters and this view's hold on the shared LMDB environment."""
@@ -249,7 +257,8 @@ class Store:
     def pull(self, ref: str, snapshotter: str = "overlayfs", platform: PlatformArg = None,
              progress: Callable[[ProgressEvent], None] | None = None, cancel: threading.Event | None = None,
              **options: Any) -> Image:
-        """Fetch and unpack (see ``unpack=`` for the size policy; ``cancel`` as for :meth:`fetch`)."""
+        """Fetch and unpack (see ``unpack=`` for the size policy; ``cancel`` as for :meth:`fetch`;
+        ``dedup=`` overrides the store's setting)."""
         with workers.cancellation(cancel), self._ops.lease():
             return pull.pull(self._ops, ref, snapshotter=snapshotter, platform=platform, progress=progress,
                               registry=self._registry(options), **_rest(options))
@@ -288,8 +297,10 @@ class Store:
 
     def unpack(self, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
                progress: Callable[[ProgressEvent], None] | None = None, platform: PlatformArg = None,
-               remove: bool = False, cancel: threading.Event | None = None) -> str:
+               remove: bool = False, cancel: threading.Event | None = None, dedup: bool | None = None) -> str:
         """Unpack a fetched image into ``snapshotter``; returns the top chain ID.
+
+        ``dedup`` overrides the store's ``dedup`` setting for this unpack.
 
         ``remove=True`` does the opposite: it removes the snapshots only this image uses and
         keeps its blobs (see :meth:`remove_unpacked`), and still returns the top chain ID.
@@ -299,7 +310,7 @@ class Store:
             return _images.image_parts(self.content, self.images.find(name).target, platform).chain_id
         with workers.cancellation(cancel), self._ops.lease():
             return unpack.unpack_image(self._ops, name, snapshotter=snapshotter, snapshot_labels=snapshot_labels,
-                                progress=progress, platform=platform)
+                                progress=progress, platform=platform, dedup=dedup)
 
     def remove_unpacked(self, name: str, snapshotter: str = "overlayfs", platform: PlatformArg = None) -> list[str]:
         """Remove the snapshots of ``name`` that nothing else uses, keeping its blobs.

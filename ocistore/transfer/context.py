@@ -45,6 +45,8 @@ class OperationContext:
     """When each image was last used (eviction order); None: not recorded."""
     snapshot_budget: int | None = None
     """Bytes the committed snapshots of the namespace may take; unpacks evict above it."""
+    dedup: bool = False
+    """Whether unpacks link applied files to identical committed ones (``Store(dedup=)``)."""
 
     def touch(self, snapshotter: str, name: str) -> None:
         """Record that image ``name`` was used in ``snapshotter`` (unpacked, or a container created)."""

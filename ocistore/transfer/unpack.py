@@ -23,12 +23,13 @@ import attrs
 
 from ocistore import _faults, errors
 from ocistore._files import disk_full
-from ocistore.archive import apply_layer
+from ocistore.archive import FileDeduper, apply_layer
 from ocistore.content.types import ContentStore
 from ocistore.images.image import ImageParts, image_parts
 from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.platform import PlatformArg
+from ocistore.snapshots.base import SnapshotterBase
 from ocistore.snapshots.types import Kind, SnapshotInfo, Snapshotter
 from ocistore.transfer import evict
 from ocistore.transfer.context import OperationContext
@@ -115,12 +116,13 @@ def _stat(sn: Snapshotter, key: str) -> SnapshotInfo | None:
 def unpack_image(
     ctx: OperationContext, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
     progress: Callable[[ProgressEvent], None] | None = None, platform: PlatformArg = None,
+    dedup: bool | None = None,
 ) -> str:
     """Unpack image ``name`` into ``snapshotter``; returns the top chain ID."""
     img = ctx.images.get(name)
     parts = image_parts(ctx.content, img.target, platform, image=img.name)
     return unpack_parts(ctx, parts, image_ref=name, snapshotter=snapshotter,
-                        snapshot_labels=snapshot_labels, progress=Progress(progress))
+                        snapshot_labels=snapshot_labels, progress=Progress(progress), dedup=dedup)
 
 
 def _check_parts(parts: ImageParts) -> None:
@@ -142,11 +144,13 @@ LayerReady = Callable[[Descriptor], None]
 def unpack_parts(
     ctx: OperationContext, parts: ImageParts, *, image_ref: str, snapshotter: str = "overlayfs",
     snapshot_labels: bool = True, progress: Progress | None = None, layer_ready: LayerReady | None = None,
+    dedup: bool | None = None,
 ) -> str:
     """Unpack the layers of ``parts`` into ``snapshotter``.
 
     ``layer_ready(desc)`` blocks until a layer blob is in the content store (downloads
-    running ahead of applies); without it every layer must already be there.
+    running ahead of applies); without it every layer must already be there. ``dedup``
+    (default: the store's setting) links applied files to identical committed ones.
     """
     _check_parts(parts)
     progress = progress or Progress(None)
@@ -158,7 +162,8 @@ def unpack_parts(
     with ctx.lease():
         with ctx.lock(f"unpack/{ctx.namespace}/{snapshotter}/{top}"):
             todo = _todo(sn, chains)
-            _unpack_todo(ctx, sn, parts, todo, image_ref, snapshot_labels, progress, layer_ready)
+            _unpack_todo(ctx, sn, parts, todo, image_ref, snapshot_labels, progress, layer_ready,
+                         ctx.dedup if dedup is None else dedup)
             if todo:
                 _faults.fault_point("unpack.label")
             ctx.content.update(
@@ -186,7 +191,7 @@ def _todo(sn: Snapshotter, chains: list[str]) -> list[int]:
 
 def _unpack_todo(
     ctx: OperationContext, sn: Snapshotter, parts: ImageParts, todo: list[int], image_ref: str,
-    snapshot_labels: bool, progress: Progress, layer_ready: LayerReady | None,
+    snapshot_labels: bool, progress: Progress, layer_ready: LayerReady | None, dedup: bool = False,
 ) -> None:
     if not todo:
         return
@@ -194,7 +199,8 @@ def _unpack_todo(
     # every layer from the first missing one on is (re)applied, in chain order
     start = todo[0]
     parallel = bool(getattr(sn, "supports_rebase", False)) and len(chains) - start > 1
-    job = _Job(ctx.content, sn, parts, image_ref, snapshot_labels, progress, layer_ready)
+    index = sn if dedup and isinstance(sn, SnapshotterBase) else None
+    job = _Job(ctx.content, sn, parts, image_ref, snapshot_labels, progress, layer_ready, index)
     if parallel:
         _unpack_parallel(job, start)
     else:
@@ -228,6 +234,10 @@ class _Job:
     cri: bool
     progress: Progress
     layer_ready: LayerReady | None
+    dedup_index: SnapshotterBase | None = None
+    """Where applied files find link targets and get indexed (None: no dedup)."""
+    dedup_files: dict[str, list[tuple[str, str]]] = attrs.field(factory=dict)
+    """Per extract key: the files its apply offers to the index once it is committed."""
 
 
 def _prepare(job: _Job, i: int, parent: str) -> tuple[str, dict[str, str]] | None:
@@ -260,6 +270,7 @@ def _apply(job: _Job, i: int, key: str) -> None:
         ) from None
     progress.emit(lref, layer.digest, "layer", "extracting", 0, layer.size)
     overlay = job.sn.supports_mount  # layers are diffs over their parents: overlay whiteouts
+    deduper = FileDeduper(job.dedup_index.dedup_candidates) if job.dedup_index is not None else None
     with stream, _disk_errors(f"unpacking layer {layer.digest} into {job.sn.name}"):
         apply_layer(
             stream, job.sn.path(key), media_type=layer.media_type, overlay=overlay,
@@ -268,7 +279,10 @@ def _apply(job: _Job, i: int, key: str) -> None:
             annotations=layer.annotations,  # eStargz: TOC, chunk digests and sizes checked too
             lower_dirs=job.sn.parents_paths(key) if overlay else (),
             progress=lambda n: _applied(progress, lref, layer, n),
+            dedup=deduper,
         )
+    if deduper is not None:
+        job.dedup_files[key] = deduper.entries
     progress.emit(lref, layer.digest, "layer", "extracted", layer.size, layer.size)
 
 
@@ -294,6 +308,10 @@ def _commit(job: _Job, i: int, key: str, labels: dict[str, str], parent: str | N
     except errors.AlreadyExists:
         job.sn.remove(key)  # another unpack won the race: use its snapshot
         return
+    files = job.dedup_files.pop(key, None)
+    if files and job.dedup_index is not None:
+        # its own transaction: a crash before it leaves a committed layer that is not indexed
+        job.dedup_index.index_files(chain, files)
     layer = job.parts.layers[i]
     content = job.content
     if mt.compression_of(layer.media_type) != "none" and content.exists(layer.digest):
