@@ -52,7 +52,7 @@ def child(a: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             s.pull(ref)
             times.append(time.perf_counter() - t0)
-        saved = s.disk_usage().dedup_saved
+        saved = s.dedup_saved()
     print(json.dumps({"pulls": times, "dedup_saved": saved}))
     return 0
 

@@ -386,6 +386,11 @@ class Store:
         """Bytes allocated on disk by content, ingests, snapshots and metadata."""
         return usage.disk_usage(self.layout)
 
+    def dedup_saved(self) -> int:
+        """Bytes the snapshots of the root do not allocate because inline dedup (``dedup=True``)
+        made their files hard links to identical files of other snapshots."""
+        return sum(usage.dedup_savings(self.layout).values())
+
     def image_usage(self, snapshotters: list[str] | None = None) -> list[ImageUsage]:
         """Per image: compressed bytes, unpacked bytes per snapshotter, and how much is its own."""
         return usage.image_usage(self._ops, snapshotters or sorted(snapshots.SNAPSHOTTERS))

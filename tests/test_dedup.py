@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import xxhash
 from registry_fixtures import CORPUS_DIR
+from test_cli import ok, run
 
 from ocistore import Store
 from ocistore.archive import FileDeduper, apply_layer
@@ -287,13 +288,21 @@ def test_du_reports_what_dedup_saved(tmp_path: Path, small_layout: Path) -> None
     assert rows["example.com/a:1"]["overlayfs"].dedup_saved == 0
     # b links big.so and copy.so (one inode, counted once) to a's file
     assert rows["example.com/b:1"]["overlayfs"].dedup_saved == blocks
-    assert store.disk_usage().dedup_saved == blocks
+    assert store.dedup_saved() == blocks
     plain = Store(tmp_path / "plain")
     plain.import_archive(small_layout, fetch_only=True)
     for name in ("example.com/a:1", "example.com/b:1"):
         plain.unpack(name)
-    assert plain.disk_usage().dedup_saved == 0
+    assert plain.dedup_saved() == 0
     assert plain.disk_usage().snapshots - store.disk_usage().snapshots >= blocks
+    root = store.root
+    store.close()
+    table = ok(run(root, "du", "--images", "--bytes")).out.splitlines()
+    header = table[0].split("  ")
+    assert "(SAVED BY DEDUP)" in table[0] and header
+    assert table[-1] == f"saved by dedup: {blocks} in total"
+    row_b = next(line.split() for line in table if line.startswith("example.com/b:1"))
+    assert str(blocks) in row_b
 
 
 # -- the corpus, through real mounts ------------------------------------------------------------------
@@ -319,7 +328,7 @@ def test_corpus_rootfs_equals_the_one_without_dedup(corpus_stores: dict[Any, Any
     if os.geteuid() != 0:
         pytest.skip("mounting needs root")
     plain, dd = corpus_stores[False], corpus_stores[True]
-    saved = dd.disk_usage().dedup_saved
+    saved = dd.dedup_saved()
     assert saved > 50 * 10**6, saved  # the variants repeat debian's /usr and python
     assert plain.disk_usage().snapshots - dd.disk_usage().snapshots >= saved * 0.9
     for i, name in enumerate(CORPUS_IMAGES):

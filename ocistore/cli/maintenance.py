@@ -86,7 +86,7 @@ def _du_images(ctx: Context, args: argparse.Namespace) -> int:
     print_table(ctx.stdout, header, table)
     saved = sum(u.dedup_saved for r in rows for u in r.unpacked)
     if saved:
-        ctx.out(f"saved by dedup: {size(ctx.store.disk_usage().dedup_saved)} in total")
+        ctx.out(f"saved by dedup: {size(ctx.store.dedup_saved())} in total")
     return 0
 
 

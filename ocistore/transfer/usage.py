@@ -28,15 +28,11 @@ class DiskUsage:
     snapshots: int
     metadata: int
     total: int
-    dedup_saved: int = 0
-    """Bytes the snapshots do not allocate because files are hard links to identical files of
-    other snapshots (inline dedup): what they would add if each snapshot had its own copies."""
 
 
 def disk_usage(layout: RootLayout) -> DiskUsage:
     """Walk the root once, each inode counted once, in the order ingest, content, snapshots,
-    metadata, the rest (a hard link between two parts counts in the first); then the
-    snapshot directories once more for ``dedup_saved`` (:func:`dedup_savings`)."""
+    metadata, the rest (a hard link between two parts counts in the first)."""
     seen: set[tuple[int, int]] = set()
     ingest = allocated_bytes(layout.content.ingest, seen)
     content = allocated_bytes(layout.content.root, seen)
@@ -47,8 +43,7 @@ def disk_usage(layout: RootLayout) -> DiskUsage:
     metadata = allocated_bytes(layout.metadata, seen)
     rest = allocated_bytes(layout.root, seen)  # the root dir itself, tmp/, locks
     return DiskUsage(content=content, ingest=ingest, snapshots=snapshots, metadata=metadata,
-                     total=content + ingest + snapshots + metadata + rest,
-                     dedup_saved=sum(dedup_savings(layout).values()))
+                     total=content + ingest + snapshots + metadata + rest)
 
 
 def dedup_savings(layout: RootLayout) -> Counter[tuple[str, int]]:
