@@ -62,6 +62,7 @@ FAULT_POINTS = (
     "metadata.txn.commit",
     "snapshots.rename",
     "unpack.label",
+    "dedup.link",
 )
 SNAPSHOTTERS = ("overlayfs", "native")
 MAX_KILLS_PER_EPISODE = 12
@@ -153,7 +154,8 @@ def run_child(args: argparse.Namespace) -> int:
     step_seconds: list[float] = []
     step_hits: list[dict[str, int]] = []
     trees: dict[tuple[str, str, int], str] = {}
-    with Store(args.root, plain_http=True) as s:
+    # dedup on: "unpack multi:index native" links files to the overlayfs snapshots (dedup.link)
+    with Store(args.root, plain_http=True, dedup=True) as s:
         if args.reference:
             checkpoints.append(inventory(s, trees))
         _, done = _journal(work)

@@ -33,6 +33,7 @@ POINTS = (
     "metadata.txn.commit",       # metadata/db.py: inside a write transaction, before it commits
     "snapshots.rename",          # snapshots/base.py: before a new snapshot's directory is renamed in place
     "unpack.label",              # transfer/unpack.py: chain committed, before the config's gc.ref.snapshot label
+    "dedup.link",                # archive/_dedup.py: a file's link made under a temp name, before it replaces the file
 )
 
 

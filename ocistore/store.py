@@ -91,7 +91,8 @@ class Store:
 
     def __init__(
         self, root: str | os.PathLike[str], namespace: str = "default", *, content_sharing: str = "shared",
-        readonly: bool | None = None, snapshot_budget: int | None = None, **registry: Any,
+        readonly: bool | None = None, snapshot_budget: int | None = None, dedup: bool = False,
+        **registry: Any,
     ) -> None:
         """Open (creating it if needed) the store at ``root``, seen through ``namespace``.
 
@@ -104,6 +105,12 @@ class Store:
         (pull, unpack, import, a container create's lazy unpack) that leaves them above it
         evicts the least recently used images no container uses (see :meth:`evict`), never
         the image it unpacked.
+
+        ``dedup=True`` makes unpacks (pull, unpack, import, a container create's lazy unpack)
+        hard-link each applied regular file of at least 16 KiB to an identical file (same
+        bytes, compared in full, and same mode, owner, times and xattrs) of a committed
+        snapshot of this root instead of keeping a second copy; ``pull`` and ``unpack`` also
+        take ``dedup=`` per call. See docs/guide.md, "Inline file dedup".
         """
         unknown = set(registry) - set(REGISTRY_OPTIONS)
         if unknown:
@@ -112,6 +119,7 @@ class Store:
             raise errors.InvalidArgument(f"snapshot_budget={snapshot_budget} must be >= 0 bytes (or None)")
         self.namespace = validate_namespace(namespace)
         self.snapshot_budget = snapshot_budget
+        self.dedup = bool(dedup)
         self.layout = RootLayout(root)
         self.root = self.layout.root
         if readonly is None:
@@ -134,7 +142,7 @@ class Store:
         self._ops = OperationContext(
             namespace=self.namespace, layout=self.layout, content=self.content, images=self.images,
             snapshotter=self.snapshots, leases=self.leases, image_use=ImageUse(self.db, self.namespace),
-            snapshot_budget=snapshot_budget, registry=self.registry_options,
+            snapshot_budget=snapshot_budget, registry=self.registry_options, dedup=self.dedup,
         )
         self._containers: Containers | None = None
         self._lazy_trees: lazyread.TreeCache | None = None  # merged eStargz trees of read_file/open_file
@@ -156,7 +164,7 @@ class Store:
     def with_namespace(self, namespace: str) -> Store:
         """A view of the same root in another namespace (close it too)."""
         return Store(self.root, namespace, content_sharing=self.content_sharing, readonly=self.readonly,
-                     snapshot_budget=self.snapshot_budget, **self.registry_options)
+                     snapshot_budget=self.snapshot_budget, dedup=self.dedup, **self.registry_options)
 
     def close(self) -> None:
         """Release the snapshotters and this view's hold on the shared LMDB environment."""
@@ -260,7 +268,8 @@ class Store:
     def pull(self, ref: str, snapshotter: str = "overlayfs", platform: PlatformArg = None,
              progress: Callable[[ProgressEvent], None] | None = None, cancel: threading.Event | None = None,
              **options: Any) -> Image:
-        """Fetch and unpack (see ``unpack=`` for the size policy; ``cancel`` as for :meth:`fetch`)."""
+        """Fetch and unpack (see ``unpack=`` for the size policy; ``cancel`` as for :meth:`fetch`;
+        ``dedup=`` overrides the store's setting)."""
         with workers.cancellation(cancel), self._ops.lease():
             return pull.pull(self._ops, ref, snapshotter=snapshotter, platform=platform, progress=progress,
                               registry=self._registry(options), **_rest(options))
@@ -299,8 +308,10 @@ class Store:
 
     def unpack(self, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
                progress: Callable[[ProgressEvent], None] | None = None, platform: PlatformArg = None,
-               remove: bool = False, cancel: threading.Event | None = None) -> str:
+               remove: bool = False, cancel: threading.Event | None = None, dedup: bool | None = None) -> str:
         """Unpack a fetched image into ``snapshotter``; returns the top chain ID.
+
+        ``dedup`` overrides the store's ``dedup`` setting for this unpack.
 
         ``remove=True`` does the opposite: it removes the snapshots only this image uses and
         keeps its blobs (see :meth:`remove_unpacked`), and still returns the top chain ID.
@@ -310,7 +321,7 @@ class Store:
             return _images.image_parts(self.content, self.images.find(name).target, platform).chain_id
         with workers.cancellation(cancel), self._ops.lease():
             return unpack.unpack_image(self._ops, name, snapshotter=snapshotter, snapshot_labels=snapshot_labels,
-                                progress=progress, platform=platform)
+                                progress=progress, platform=platform, dedup=dedup)
 
     def remove_unpacked(self, name: str, snapshotter: str = "overlayfs", platform: PlatformArg = None) -> list[str]:
         """Remove the snapshots of ``name`` that nothing else uses, keeping its blobs.
@@ -438,6 +449,11 @@ class Store:
     def disk_usage(self) -> DiskUsage:
         """Bytes allocated on disk by content, ingests, snapshots and metadata."""
         return usage.disk_usage(self.layout)
+
+    def dedup_saved(self) -> int:
+        """Bytes the snapshots of the root do not allocate because inline dedup (``dedup=True``)
+        made their files hard links to identical files of other snapshots."""
+        return sum(usage.dedup_savings(self.layout).values())
 
     def image_usage(self, snapshotters: list[str] | None = None) -> list[ImageUsage]:
         """Per image: compressed bytes, unpacked bytes per snapshotter, and how much is its own."""

@@ -8,6 +8,7 @@ import stat
 
 from ocistore import errors
 from ocistore.archive import _whiteouts
+from ocistore.archive._dedup import FileDeduper
 from ocistore.archive._paths import Resolver, clean_name
 from ocistore.archive._tarformat import (
     TYPE_BLOCK,
@@ -49,8 +50,10 @@ class Applier:
         lower_dirs: list[str],
         chown: bool,
         devices: bool,
+        dedup: FileDeduper | None = None,
     ) -> None:
         self.root = root
+        self.dedup = dedup  # links written files to identical committed ones (``_dedup``)
         self.overlay = overlay
         self.policy = MetadataPolicy(chown)
         self.devices = devices
@@ -158,6 +161,10 @@ class Applier:
             self.counter.file(rel, os.fstat(fd))
         finally:
             os.close(fd)
+        dedup = self.dedup
+        if dedup is not None and entry.size >= dedup.threshold and entry.sparse is None:
+            dedup.file_written(rel, path)
+            self.counter.removed()  # the file may now be a link to another snapshot's: walk on commit
 
     def _directory(self, entry: TarEntry, rel: str, path: str) -> None:
         opaque = False

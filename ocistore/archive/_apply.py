@@ -12,6 +12,7 @@ import attrs
 from ocistore import errors
 from ocistore.archive._applier import Applier
 from ocistore.archive._compression import GZIP, UNKNOWN, compression_for, detect_compression
+from ocistore.archive._dedup import FileDeduper
 from ocistore.archive._estargz import EStargzTarReader, is_estargz, prepare_verifier
 from ocistore.archive._pipeline import Pipeline
 from ocistore.archive._tarformat import TarReader
@@ -44,6 +45,10 @@ class ApplyResult:
     skipped_devices: int = 0
     toc_digest: str = ""
     usage: Usage | None = None
+    deduplicated: int = 0
+    """Files replaced by a hard link to an identical committed file (``dedup=``)."""
+    dedup_bytes: int = 0
+    """Bytes those files took before they were linked (allocated blocks)."""
 
 
 def apply_layer(
@@ -61,6 +66,7 @@ def apply_layer(
     privileged: bool | None = None,
     blob_digest: bool = True,
     annotations: Mapping[str, str] | None = None,
+    dedup: FileDeduper | None = None,
 ) -> ApplyResult:
     """Apply a layer blob (tar, tar+gzip or tar+zstd) read from ``stream`` onto ``root``.
 
@@ -86,6 +92,10 @@ def apply_layer(
     ``io.containers.estargz.uncompressed-size`` are checked as the layer streams past; the
     TOC (``stargz.index.json``) and the landmark files are not written into ``root``.
     Lies are ``DigestMismatch``, a malformed or inconsistent TOC ``InvalidEStargz``.
+
+    ``dedup`` (a ``FileDeduper``) replaces each regular file it accepts, once written, by a
+    hard link to an identical file it finds (same content, byte for byte, and same inode
+    metadata); its ``entries`` then list the layer's candidate files for an index.
 
     Raises ``UnsafeArchive`` for members escaping the root, ``InvalidArgument``
     for corrupt or unsupported input, ``SizeLimitExceeded`` for oversized headers,
@@ -121,7 +131,8 @@ def apply_layer(
     try:
         chunks = _chunks(pipeline, progress)
         reader = TarReader(chunks) if verifier is None else EStargzTarReader(chunks, verifier)
-        applier = Applier(root_path, overlay=overlay, lower_dirs=lowers, chown=chown, devices=devices)
+        applier = Applier(root_path, overlay=overlay, lower_dirs=lowers, chown=chown, devices=devices,
+                          dedup=dedup)
         applier.apply_all(reader)
         reader.drain()  # trailing bytes after the archive end are part of the diffID
     finally:
@@ -136,6 +147,8 @@ def apply_layer(
         skipped_devices=applier.skipped_devices,
         toc_digest=verifier.toc_blob.digest if verifier is not None else "",
         usage=_usage(applier),
+        deduplicated=dedup.linked if dedup is not None else 0,
+        dedup_bytes=dedup.linked_bytes if dedup is not None else 0,
     )
     _verify(result, expected_digest, expected_size, expected_diff_id)
     if verifier is not None:

@@ -105,15 +105,18 @@ def _du_images(ctx: Context, args: argparse.Namespace) -> int:
     sns = [u.snapshotter for u in rows[0].unpacked] if rows else []
     header = ["IMAGE", "COMPRESSED", "(OWN)"]
     for sn in sns:
-        header += [f"UNPACKED {sn.upper()}", "(OWN)", "(EVICTABLE)"]
+        header += [f"UNPACKED {sn.upper()}", "(OWN)", "(EVICTABLE)", "(SAVED BY DEDUP)"]
     table = []
     for r in rows:
         cells = [r.name, size(r.compressed), size(r.compressed_exclusive)]
         for u in r.unpacked:
             cells += [size(u.unpacked) if u.layers else "-", size(u.exclusive) if u.layers else "-",
-                      size(u.evictable) if u.layers else "-"]
+                      size(u.evictable) if u.layers else "-", size(u.dedup_saved) if u.layers else "-"]
         table.append(cells)
     print_table(ctx.stdout, header, table)
+    saved = sum(u.dedup_saved for r in rows for u in r.unpacked)
+    if saved:
+        ctx.out(f"saved by dedup: {size(ctx.store.dedup_saved())} in total")
     return 0
 
 

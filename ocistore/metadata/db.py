@@ -14,6 +14,8 @@ Key layout (every key is UTF-8 text; ``\\0`` separates parts; values are JSON)::
     lease_resources   <ns>\\0<id>\\0<type>\\0<resource id> -> ""
     counters          <name>                           -> int (sequences)
     image_use         <ns>\\0<snapshotter>\\0<image>    -> {last_used} (eviction order, ocistore.metadata.imageuse)
+    dedup_files       <key>\\0<snapshotter>\\0<id>      -> "<path>" (file dedup index, ocistore.metadata.dedup)
+    dedup_snapshots   <snapshotter>\\0<id>\\0<key>      -> "" (the same entries by snapshot)
 
 Tables added after schema version 1 (``ADDED_TABLES``) are created when a root is opened
 read-write; a read-only open of an older root sees them empty.
@@ -57,8 +59,10 @@ TABLES = (
     "lease_resources",
     "counters",
     "image_use",
+    "dedup_files",
+    "dedup_snapshots",
 )
-ADDED_TABLES = frozenset({"image_use"})
+ADDED_TABLES = frozenset({"image_use", "dedup_files", "dedup_snapshots"})
 """Tables that an older root may lack: read-only opens treat them as empty."""
 _MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as needed
 SEP = "\x00"

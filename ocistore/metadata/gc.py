@@ -54,6 +54,7 @@ import attrs
 
 from ocistore import _time
 from ocistore.layout import ContentLayout, RootLayout
+from ocistore.metadata import dedup
 from ocistore.metadata.db import DB, SEP, Txn, key, prefix
 from ocistore.metadata.gcmark import (
     CONTAINER,
@@ -404,6 +405,7 @@ def _sweep(txn: Txn, dead: list[Node]) -> _Swept:
             if rec.get("parent"):
                 txn.delete("snapshot_children", key(ns, sn, rec["parent"], skey))
             txn.delete_prefix("snapshot_children", prefix(ns, sn, skey))
+            dedup.drop(txn, sn, int(rec.get("id", 0)))  # the index never names a removed file
             swept.snapshots.add((sn, int(rec.get("id", 0))))
         elif node[0] == INGEST:
             rec = txn.get("ingests", key(ns, k))

@@ -33,6 +33,7 @@ from ocistore._files import allocated_bytes, fsync_dir, remove_tree
 from ocistore._lazy import lazy_module
 from ocistore._time import from_ns, now, to_ns
 from ocistore.layout import NEW_PREFIX, RootLayout
+from ocistore.metadata import dedup
 from ocistore.metadata.db import DB, Txn, key, prefix
 from ocistore.metadata.labels import MAX_LABEL_SIZE
 from ocistore.metadata.labels import validate_labels as _validate_labels
@@ -409,6 +410,7 @@ class SnapshotterBase:
             txn.delete(_TABLE, self._key(key))
             self._unlink(txn, rec.parent, key)
             self.db.remove_from_lease(txn, self.namespace, self._rtype, key)
+            dedup.drop(txn, self.name, rec.id)  # in this transaction: the index never names a removed file
         self.db.dirty += 1
         # A crash before this line leaves an orphan directory, which GC removes.
         remove_tree(self._id_dir(rec.id))
@@ -442,6 +444,26 @@ class SnapshotterBase:
             for k in found:
                 self.db.add_to_lease(txn, self.namespace, self._rtype, k)
         return found
+
+    # -- file dedup index (ocistore.metadata.dedup) ---------------------------------------------
+    def index_files(self, key: str, files: Sequence[tuple[str, str]]) -> int:
+        """Add ``(fingerprint key, path in fs)`` pairs of the committed snapshot ``key`` to the
+        dedup index (nothing when it is not, or no longer, committed); returns how many."""
+        self._check_open()
+        if not files:
+            return 0
+        with self.db.write() as txn:
+            rec = self._get(txn, key)
+            if rec is None or rec.kind is not Kind.COMMITTED:
+                return 0
+            return dedup.add(txn, self.name, rec.id, files)
+
+    def dedup_candidates(self, fkey: str, limit: int = 8) -> list[str]:
+        """Absolute paths of committed files indexed under the fingerprint key ``fkey``
+        (of any snapshotter of the root; the caller opens and compares each before linking)."""
+        with self.db.read() as txn:
+            found = dedup.candidates(txn, fkey, limit)
+        return [f"{self.layout.snapshot_fs(sn, sid)}/{rel}" for sn, sid, rel in found]
 
     # -- queries --------------------------------------------------------------------------------
     def stat(self, key: str) -> SnapshotInfo:

@@ -19,14 +19,18 @@
   in the same namespace, and the chunks cached for it must hash to their names. A chunk
   cache left by a layer that is no longer partial is removed by gc (and by ``repair``),
   not reported: it is a cache.
+* every entry of the file-dedup index (:mod:`ocistore.metadata.dedup`) names a committed
+  snapshot and a regular file there of the size its key says, and its two tables agree.
 
-``repair=True`` removes orphans only (what no record references); referenced data that is
-damaged is reported, never touched.
+``repair=True`` removes orphans and stale dedup index entries only (what no record
+references, and index entries naming nothing); referenced data that is damaged is reported,
+never touched.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,7 +41,8 @@ from ocistore import errors
 from ocistore.content.types import ContentInfo
 from ocistore.images.graph import children, walk
 from ocistore.layout import NEW_PREFIX, TRASH_PREFIX, RootLayout
-from ocistore.metadata.db import DB, SEP, Txn
+from ocistore.metadata import dedup
+from ocistore.metadata.db import DB, SEP, Txn, key
 from ocistore.metadata.gc import LABEL_REF_SNAPSHOT
 from ocistore.metadata.orphans import list_orphans, remove_orphans
 from ocistore.oci import mediatypes
@@ -110,9 +115,13 @@ def check(
     problems += bad
     problems += _check_images(layout, st)
     problems += _check_snapshots(layout, st)
+    stale = _check_dedup_index(db, layout, st)
     repaired: list[str] = []
     if repair:
         repaired = [f"removed {o.describe()}" for o in remove_orphans(db, layout)]
+        repaired += _remove_stale(db, stale)
+    else:
+        problems += [line for line, _keys in stale]
     problems += [o.describe() for o in list_orphans(db, layout) if o.kind != "chunks"]
     return CheckReport(ok=not problems, problems=problems, repaired=repaired, partial=partial)
 
@@ -345,3 +354,55 @@ def _unexpected_entries(layout: RootLayout) -> list[str]:
                 "check(repair=True) leaves it; remove it by hand"
             )
     return out
+
+
+# -- the file-dedup index ----------------------------------------------------------------------
+
+
+_Stale = list[tuple[str, list[tuple[str, bytes]]]]  # (problem, [(table, key) to delete])
+
+
+def _check_dedup_index(db: DB, layout: RootLayout, st: _State) -> _Stale:
+    """Index entries that name no committed snapshot, no regular file of the right size, or
+    that one of the two tables lacks."""
+    committed = {(sn, int(rec.get("id", 0))) for (_ns, sn, _k), rec in st.snapshots.items()
+                 if rec.get("kind") == "committed"}
+    with db.read() as txn:
+        forward = list(dedup.entries(txn))
+        reverse = set(dedup.reverse_entries(txn))
+    out: _Stale = []
+    seen: set[tuple[str, int, str]] = set()
+    for fkey, sn, sid, rel in forward:
+        seen.add((sn, sid, fkey))
+        keys = [(dedup.FILES, key(fkey, sn, str(sid))), (dedup.BY_SNAPSHOT, key(sn, str(sid), fkey))]
+        what = f"dedup index entry {sn}/{sid}/{rel}"
+        if (sn, sid) not in committed:
+            out.append((f"{what}: snapshot {sn} id {sid} is not a committed snapshot; "
+                        "check(repair=True) removes the entry", keys))
+            continue
+        try:
+            fst = os.lstat(layout.snapshot_fs(sn, sid) / rel)
+        except OSError:
+            fst = None
+        size = fkey.split(".")[1] if fkey.count(".") == 2 else ""
+        if fst is None or not stat.S_ISREG(fst.st_mode) or f"{fst.st_size:x}" != size:
+            out.append((f"{what}: no regular file of the indexed size there; check(repair=True) removes "
+                        "the entry", keys))
+            continue
+        if (sn, sid, fkey) not in reverse:
+            out.append((f"{what}: missing from table {dedup.BY_SNAPSHOT}; check(repair=True) removes the entry",
+                        keys))
+    for sn, sid, fkey in sorted(reverse - seen):
+        out.append((f"dedup index entry {sn}/{sid} key {fkey}: missing from table {dedup.FILES}; "
+                    "check(repair=True) removes it", [(dedup.BY_SNAPSHOT, key(sn, str(sid), fkey))]))
+    return out
+
+
+def _remove_stale(db: DB, stale: _Stale) -> list[str]:
+    if not stale:
+        return []
+    with db.write() as txn:
+        for _line, keys in stale:
+            for table, k in keys:
+                txn.delete(table, k)
+    return [f"removed {line.split(';')[0]}" for line, _keys in stale]

@@ -48,6 +48,8 @@ class OperationContext:
     registry: Mapping[str, Any] = attrs.field(factory=dict)
     """The store's registry options, for operations that reach a registry on their own
     (completing a lazily fetched layer, reading its chunks)."""
+    dedup: bool = False
+    """Whether unpacks link applied files to identical committed ones (``Store(dedup=)``)."""
 
     def touch(self, snapshotter: str, name: str) -> None:
         """Record that image ``name`` was used in ``snapshotter`` (unpacked, or a container created)."""

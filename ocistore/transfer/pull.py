@@ -99,7 +99,7 @@ def pull(
     strict: bool = True, progress: Callable[[ProgressEvent], None] | None = None,
     registry: Mapping[str, Any] | None = None,
     unpack: str = "always", threshold: int = DEFAULT_THRESHOLD, discard_layers: bool = False,
-    snapshot_labels: bool = True,
+    snapshot_labels: bool = True, dedup: bool | None = None,
 ) -> Image:
     """Fetch one platform of ``ref`` and unpack it according to ``unpack``.
 
@@ -109,6 +109,7 @@ def pull(
     ``discard_layers`` (then they are skipped, as containerd's unpacker skips them). So a
     pull repairs a lost layer blob, and ends with every blob of the platform present unless
     layers are discarded. The image record is written once everything is in place.
+    ``dedup`` (default: the store's setting) links unpacked files to identical committed ones.
     """
     if unpack not in UNPACK_POLICIES:
         raise errors.InvalidArgument(f"unpack must be one of {', '.join(UNPACK_POLICIES)}, not {unpack!r}")
@@ -121,7 +122,8 @@ def pull(
         if unpack == "never" or (unpack == "auto" and parts.size >= threshold):
             return ctx.images.upsert(name, target)
         _unpack_streaming(ctx, parts, name, snapshotter, snapshot_labels, prog, source,
-                          client.options.max_concurrent_downloads, keep_blobs=not discard_layers)
+                          client.options.max_concurrent_downloads, keep_blobs=not discard_layers,
+                          dedup=dedup)
     finally:
         client.close()
     if discard_layers:
@@ -132,6 +134,7 @@ def pull(
 def _unpack_streaming(
     ctx: OperationContext, parts: ImageParts, name: str, snapshotter: str, snapshot_labels: bool,
     prog: Progress, source: RegistrySource, parallel: int, keep_blobs: bool = True,
+    dedup: bool | None = None,
 ) -> None:
     """Download the missing layers while applying them as their bytes arrive.
 
@@ -171,7 +174,7 @@ def _unpack_streaming(
         try:
             unpack_parts(ctx, parts, image_ref=name, snapshotter=snapshotter,
                          snapshot_labels=snapshot_labels, progress=prog, layer_ready=layer_ready,
-                         layer_stream=layer_stream)
+                         layer_stream=layer_stream, dedup=dedup)
         except BaseException:
             for f in futures.values():
                 f.cancel()

@@ -29,6 +29,7 @@ from ocistore.images.image import ImageParts, image_parts
 from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.platform import PlatformArg
+from ocistore.snapshots.base import SnapshotterBase
 from ocistore.snapshots.types import Kind, SnapshotInfo, Snapshotter, Usage
 from ocistore.transfer.context import OperationContext
 from ocistore.transfer.progress import Progress, ProgressEvent, ref_key
@@ -124,12 +125,13 @@ def _stat(sn: Snapshotter, key: str) -> SnapshotInfo | None:
 def unpack_image(
     ctx: OperationContext, name: str, snapshotter: str = "overlayfs", snapshot_labels: bool = True,
     progress: Callable[[ProgressEvent], None] | None = None, platform: PlatformArg = None,
+    dedup: bool | None = None,
 ) -> str:
     """Unpack image ``name`` into ``snapshotter``; returns the top chain ID."""
     img = ctx.images.get(name)
     parts = image_parts(ctx.content, img.target, platform, image=img.name)
     return unpack_parts(ctx, parts, image_ref=name, snapshotter=snapshotter,
-                        snapshot_labels=snapshot_labels, progress=Progress(progress))
+                        snapshot_labels=snapshot_labels, progress=Progress(progress), dedup=dedup)
 
 
 def _check_parts(parts: ImageParts) -> None:
@@ -153,6 +155,7 @@ def unpack_parts(
     ctx: OperationContext, parts: ImageParts, *, image_ref: str, snapshotter: str = "overlayfs",
     snapshot_labels: bool = True, progress: Progress | None = None, layer_ready: LayerReady | None = None,
     layer_stream: LayerStream | None = None,
+    dedup: bool | None = None,
 ) -> str:
     """Unpack the layers of ``parts`` into ``snapshotter``.
 
@@ -160,6 +163,8 @@ def unpack_parts(
     running ahead of applies); without it every layer must already be there.
     ``layer_stream(desc)`` may give the layer's bytes while they download (a pull's tee):
     the apply reads them, and ``layer_ready`` is awaited before the snapshot is committed.
+    running ahead of applies); without it every layer must already be there. ``dedup``
+    (default: the store's setting) links applied files to identical committed ones.
     """
     _check_parts(parts)
     progress = progress or Progress(None)
@@ -173,7 +178,10 @@ def unpack_parts(
             todo = _todo(sn, chains)
             if todo and layer_ready is None:  # lazily fetched (partial) layers are downloaded whole first
                 lazyfetch.complete_layers(ctx, parts.layers[todo[0]:], progress)
-            job = _Job(ctx.content, sn, parts, image_ref, snapshot_labels, progress, layer_ready, layer_stream)
+            use_dedup = ctx.dedup if dedup is None else dedup
+            index = sn if use_dedup and isinstance(sn, SnapshotterBase) else None
+            job = _Job(ctx.content, sn, parts, image_ref, snapshot_labels, progress, layer_ready, layer_stream,
+                       index)
             _unpack_todo(job, todo)
             if todo:
                 _faults.fault_point("unpack.label")
@@ -241,6 +249,10 @@ class _Job:
     progress: Progress
     layer_ready: LayerReady | None
     layer_stream: LayerStream | None = None
+    dedup_index: SnapshotterBase | None = None
+    """Where applied files find link targets and get indexed (None: no dedup)."""
+    dedup_files: dict[str, list[tuple[str, str]]] = attrs.field(factory=dict)
+    """Per extract key: the files its apply offers to the index once it is committed."""
 
 
 def _prepare(job: _Job, i: int, parent: str) -> tuple[str, dict[str, str]] | None:
@@ -268,6 +280,7 @@ def _apply(job: _Job, i: int, key: str) -> Usage | None:
         stream = _open_layer(job, layer)
     progress.emit(lref, layer.digest, "layer", "extracting", 0, layer.size)
     overlay = job.sn.supports_mount  # layers are diffs over their parents: overlay whiteouts
+    deduper = archive.FileDeduper(job.dedup_index.dedup_candidates) if job.dedup_index is not None else None
     with stream, _disk_errors(f"unpacking layer {layer.digest} into {job.sn.name}"):
         result = archive.apply_layer(
             stream, job.sn.path(key), media_type=layer.media_type, overlay=overlay,
@@ -276,7 +289,10 @@ def _apply(job: _Job, i: int, key: str) -> Usage | None:
             annotations=layer.annotations,  # eStargz: TOC, chunk digests and sizes checked too
             lower_dirs=job.sn.parents_paths(key) if overlay else (),
             progress=lambda n: _applied(progress, lref, layer, n),
+            dedup=deduper,
         )
+    if deduper is not None:
+        job.dedup_files[key] = deduper.entries
     progress.emit(lref, layer.digest, "layer", "extracted", layer.size, layer.size)
     return result.usage
 
@@ -320,6 +336,10 @@ def _commit(
     except errors.AlreadyExists:
         job.sn.remove(key)  # another unpack won the race: use its snapshot
         return
+    files = job.dedup_files.pop(key, None)
+    if files and job.dedup_index is not None:
+        # its own transaction: a crash before it leaves a committed layer that is not indexed
+        job.dedup_index.index_files(chain, files)
     layer = job.parts.layers[i]
     content = job.content
     if mt.compression_of(layer.media_type) != "none" and content.exists(layer.digest):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections import Counter
 
 import attrs
@@ -14,7 +16,7 @@ from ocistore.snapshots.types import Kind, Snapshotter
 from ocistore.transfer import evict
 from ocistore.transfer.context import OperationContext
 
-__all__ = ["DiskUsage", "ImageUsage", "SnapshotterUsage", "disk_usage", "image_usage"]
+__all__ = ["DiskUsage", "ImageUsage", "SnapshotterUsage", "dedup_savings", "disk_usage", "image_usage"]
 
 
 @attrs.frozen
@@ -44,6 +46,47 @@ def disk_usage(layout: RootLayout) -> DiskUsage:
                      total=content + ingest + snapshots + metadata + rest)
 
 
+def dedup_savings(layout: RootLayout) -> Counter[tuple[str, int]]:
+    """Per snapshot directory ``(snapshotter, id)``: allocated bytes of its regular files whose
+    inode a snapshot directory walked before it (lower id; snapshotters by name) also holds.
+
+    Summed over all snapshots this is what the hard links between snapshot directories save;
+    each shared inode is paid for by the first directory holding it and counted as saved once
+    per further directory (a link inside one directory, a tar hard link, saves nothing here).
+    """
+    owner: dict[tuple[int, int], tuple[str, int]] = {}
+    saved: Counter[tuple[str, int]] = Counter()
+    for sn, sn_dir in layout.snapshotter_dirs():
+        try:
+            with os.scandir(sn_dir) as it:
+                ids = sorted(int(e.name) for e in it if e.name.isdigit() and e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+        for sid in ids:
+            here = (sn, sid)
+            counted: set[tuple[int, int]] = set()
+            stack = [str(layout.snapshot_fs(sn, sid))]
+            while stack:
+                try:
+                    with os.scandir(stack.pop()) as it:
+                        entries = list(it)
+                except OSError:
+                    continue
+                for e in entries:
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(e.path)
+                    elif st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+                        inode = (st.st_dev, st.st_ino)
+                        if owner.setdefault(inode, here) != here and inode not in counted:
+                            counted.add(inode)
+                            saved[here] += st.st_blocks * 512
+    return saved
+
+
 @attrs.frozen
 class SnapshotterUsage:
     """One image's unpacked layers in one snapshotter."""
@@ -58,6 +101,9 @@ class SnapshotterUsage:
     evictable: int = 0
     """Bytes ``evict(0)`` would free with this image's chain (no container, view or lease on
     it; a layer shared by several evictable images counts for the one evicted last)."""
+    dedup_saved: int = 0
+    """Of ``unpacked``, the bytes of files that are hard links to identical files of snapshots
+    unpacked before (inline dedup): counted in ``unpacked``, not allocated again."""
 
 
 @attrs.frozen
@@ -95,6 +141,7 @@ def image_usage(ctx: OperationContext, snapshotters: list[str]) -> list[ImageUsa
     chain_users = Counter(c for name in chains for c in set(chains[name]))
     sizes: dict[tuple[str, str], int | None] = {}
     evictable: Counter[tuple[str, str]] = Counter()
+    savings = dedup_savings(ctx.layout)
     for layer in evict.evict(ctx, 0, snapshotters, dry_run=True):
         for name in layer.images:  # images sharing a top: the same bytes, shown for each
             evictable[layer.snapshotter, name] += layer.size
@@ -104,7 +151,7 @@ def image_usage(ctx: OperationContext, snapshotters: list[str]) -> list[ImageUsa
         per_sn = []
         for sn_name in snapshotters:
             sn = ctx.snapshotter(sn_name)
-            total = exclusive = layers = 0
+            total = exclusive = layers = saved = 0
             for chain in chains[img.name]:
                 if (sn_name, chain) not in sizes:
                     sizes[sn_name, chain] = _committed_size(sn, chain)
@@ -114,8 +161,10 @@ def image_usage(ctx: OperationContext, snapshotters: list[str]) -> list[ImageUsa
                 layers += 1
                 total += size
                 exclusive += size if chain_users[chain] == 1 else 0
+                if savings:
+                    saved += savings[sn_name, int(sn.path(chain).parent.name)]
             per_sn.append(SnapshotterUsage(sn_name, unpacked=total, exclusive=exclusive, layers=layers,
-                                           evictable=evictable[sn_name, img.name]))
+                                           evictable=evictable[sn_name, img.name], dedup_saved=saved))
         out.append(ImageUsage(
             name=img.name,
             compressed=sum(size for _, size in own),
