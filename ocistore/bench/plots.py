@@ -25,10 +25,10 @@ def _slug(label: str) -> str:
 def draw(results: dict[str, Any], summary: dict[str, Any], out: Path) -> tuple[dict[str, Path], str | None]:
     """Write the PNGs under ``out``; ``({key: path}, None)``, or ``({}, why not)`` without matplotlib."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: PLC0415 - optional (the bench extra), loaded only to draw
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError as e:
         return {}, f"matplotlib is not installed ({e}); install the `bench` extra"
     paths: dict[str, Path] = {}
@@ -53,11 +53,11 @@ def draw(results: dict[str, Any], summary: dict[str, Any], out: Path) -> tuple[d
                 who = "ocistore" if system == "api" else "containerd"
                 ax_d.plot([n for n, _ in pts], [r["disk"]["total"] / 1e6 for _, r in pts], style,
                           label=f"{mode} ({who})")
-                ax_t.plot([n for n, _ in pts], [(r["create_rest"] or r["create_first"])["median"] for _, r in pts],
-                          style, label=f"{mode} ({who})")
+                latency = [(r["create_rest"] or r["create_first"])["median"] for _, r in pts]
+                ax_t.plot([n for n, _ in pts], latency, style, label=f"{mode} ({who})")
         ax_d.set(xlabel="images on the node", ylabel="disk after the containers (MB)", title="total disk")
-        ax_t.set(xlabel="images on the node", ylabel="first create, median of images 2..N (s)", title="first-create latency",
-                 yscale="log")
+        ax_t.set(xlabel="images on the node", ylabel="first create, median of images 2..N (s)",
+                 title="first-create latency", yscale="log")
         for ax in (ax_d, ax_t):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)

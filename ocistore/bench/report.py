@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ocistore.bench import plots as plotting
 from ocistore.bench.measure import PARTS
 
 __all__ = ["BEGIN", "END", "markdown", "splice_readme", "stats", "summarize", "write"]
@@ -46,11 +47,12 @@ def _first(sample: dict[str, Any]) -> dict[str, Any]:
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
     """Medians, min/max and ocistore/containerd ratios per image, mode, system and step."""
     out: dict[str, Any] = {"images": {}, "node": {}}
+    row: dict[str, Any]
     for label, img in results["images"].items():
         per_mode: dict[str, Any] = {}
         for mode, systems in img["modes"].items():
             step = results["modes"][mode]["step"]
-            row: dict[str, Any] = {"errors": []}
+            row = {"errors": []}
             for system in SYSTEMS:
                 samples = [s for s in systems.get(system, []) if "error" not in s]
                 row["errors"] += [f"{system}: {s['error']}" for s in systems.get(system, []) if "error" in s]
@@ -81,7 +83,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     for mode, by_count in (node.get("modes") or {}).items():
         rows: dict[str, Any] = {}
         for n, systems in by_count.items():
-            row: dict[str, Any] = {}
+            row = {}
             for system, sample in systems.items():
                 if "error" in sample:
                     row[system] = {"error": sample["error"]}
@@ -200,7 +202,7 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], plots: dict[str, 
                               _mb(_med(d1, "total")) if d1 else "", _mb(_med(d2, "content")) if d2 else "",
                               _mb(_med(d2, "snapshots")) if d2 else "", _mb(_med(d2, "metadata")) if d2 else "",
                               _mb(_med(d2, "total")) if d2 else "",
-                              _mb(_med(r, "maxrss_kb") * 1024) if r.get("maxrss_kb") else ""])
+                              _mb((_med(r, "maxrss_kb") or 0) * 1024) if r.get("maxrss_kb") else ""])
         md += [_table(["mode", "system", "first step s", "first create s", "disk after step",
                        "content", "snapshots", "metadata", "disk after create", "peak RSS"], table, "llrrrrrrrr"), ""]
         md += _ratio_lines(rows, results["modes"])
@@ -322,8 +324,6 @@ def write(results: dict[str, Any], out: Path, readme: Path | None = None) -> dic
     results = {**results, "summary": summary}
     jp = out / "bench.json"
     jp.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    from ocistore.bench import plots as plotting
-
     pngs, skipped = plotting.draw(results, summary, out)
     base = readme.parent if readme is not None else out
     rel = {k: _relative(p, base) for k, p in pngs.items()}

@@ -108,7 +108,7 @@ def build_variants(staging: Staging, base: str, count: int, work: Path, app_byte
     config = json.loads(layout.content.blob_path(parts.manifest.config.digest).read_bytes())
     out = work / "variants"
     shutil.rmtree(out, ignore_errors=True)
-    (out / "blobs").mkdir(parents=True)
+    out.mkdir(parents=True)
     (out / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
 
     def put(data: bytes | None, digest: str | None = None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -208,7 +209,8 @@ def what_if(ctx: OperationContext, layout: RootLayout, snapshotter: str = "overl
             if chain not in chain_size:
                 size = _committed_size(sn, chain)
                 committed[chain] = size is not None
-                chain_size[chain] = (size + skeleton) if size is not None else _footprint_of(ctx, layout, d, bs) + skeleton
+                own = size if size is not None else _footprint_of(ctx, layout, d, bs)
+                chain_size[chain] = own + skeleton
         per_image.append((img.name, list(dict.fromkeys(blobs)), [d.digest for d in parts.layers], parts.chain_ids))
 
     def estimate(name: str, blobs: set[str], layers: set[str], chains: set[str], fixed: int) -> ModeEstimate:
@@ -249,9 +251,7 @@ def _footprint_of(ctx: OperationContext, layout: RootLayout, desc: Descriptor, b
         return int(cached[1])
     with ctx.content.open(desc.digest) as f:
         fp = archive.layer_footprint(f.read, desc.media_type, bs)
-    try:
+    with contextlib.suppress(errors.Error):  # a read-only store: estimate again next time
         ctx.content.update(desc.digest, {FOOTPRINT_LABEL: f"{bs}:{fp.allocated}:{fp.tar_bytes}"},
                            [f"labels.{FOOTPRINT_LABEL}"])
-    except errors.Error:
-        pass  # a read-only store: estimate again next time
     return fp.allocated
