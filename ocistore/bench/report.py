@@ -316,12 +316,12 @@ def splice_readme(readme: Path, section: str) -> None:
 def write(results: dict[str, Any], out: Path, readme: Path | None = None) -> dict[str, Any]:
     """Write ``bench.json``, ``bench.md`` and the plots under ``out`` (and the README section).
 
-    Returns ``{"json", "markdown", "plots": [...], "plots_skipped": reason or None}``. The
+    Returns ``{"json", "markdown", "plots": [...], "plots_skipped": reason or None, "summary"}``. The
     plots need matplotlib (the ``bench`` extra); without it they are skipped with the reason.
     """
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
-    results = {**results, "summary": summary}
+    results = {k: v for k, v in results.items() if k != "summary"} | {"summary": summary}
     jp = out / "bench.json"
     jp.write_text(json.dumps(results, indent=1, default=str) + "\n")
     pngs, skipped = plotting.draw(results, summary, out)
@@ -332,7 +332,7 @@ def write(results: dict[str, Any], out: Path, readme: Path | None = None) -> dic
     mp.write_text(section)
     if readme is not None:
         splice_readme(readme, section)
-    return {"json": jp, "markdown": mp, "plots": list(pngs.values()), "plots_skipped": skipped}
+    return {"json": jp, "markdown": mp, "plots": list(pngs.values()), "plots_skipped": skipped, "summary": summary}
 
 
 def _relative(path: Path, base: Path) -> str:

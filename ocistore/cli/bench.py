@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ocistore.cli.args import add_json_flag
 from ocistore.cli.context import Context, UsageError
 from ocistore.cli.output import print_json
+
+if TYPE_CHECKING:
+    from ocistore.bench import BenchConfig
 
 __all__ = ["register"]
 
@@ -45,9 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench-out", help="where bench.json, bench.md and the PNGs go")
     p.add_argument("--readme", metavar="FILE",
                    help="also rewrite the generated section of FILE (between the ocistore bench markers)")
+    p.add_argument("--from-json", metavar="FILE",
+                   help="measure nothing: render the report (markdown, plots, README section) from a bench.json")
 
 
-def config_from(args: argparse.Namespace, command: str) -> object:
+def config_from(args: argparse.Namespace, command: str) -> BenchConfig:
     """A :class:`ocistore.bench.BenchConfig` from the parsed options."""
     from ocistore.bench import BenchConfig
 
@@ -63,6 +70,11 @@ def cmd_bench(ctx: Context, args: argparse.Namespace) -> int:
     from ocistore.bench import modes, report, runner
     from ocistore.transfer.progress import ProgressEvent
 
+    if args.from_json:
+        written = report.write(json.loads(Path(args.from_json).read_text()), Path(args.out),
+                               Path(args.readme) if args.readme else None)
+        ctx.out(f"rendered {written['markdown']} and {len(written['plots'])} plots from {args.from_json}")
+        return 0
     if not args.sources:
         raise UsageError("give at least one image reference or archive")
     unknown = [m for m in args.modes if m not in modes.MODES]
@@ -78,7 +90,7 @@ def cmd_bench(ctx: Context, args: argparse.Namespace) -> int:
     cfg = config_from(args, command)
     t0 = time.monotonic()
     try:
-        results = runner.run(cfg, log)  # type: ignore[arg-type]
+        results = runner.run(cfg, log)
     finally:
         if printer is not None:
             printer.close()
@@ -86,7 +98,7 @@ def cmd_bench(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.json:
         print_json(ctx.stdout, {"json": str(written["json"]), "markdown": str(written["markdown"]),
                                 "plots": [str(p) for p in written["plots"]],
-                                "plots_skipped": written["plots_skipped"], "summary": results.get("summary")})
+                                "plots_skipped": written["plots_skipped"], "summary": written["summary"]})
         return 0
     ctx.out(f"bench done in {time.monotonic() - t0:.0f} s: {written['json']}, {written['markdown']}")
     for p in written["plots"]:
