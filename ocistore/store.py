@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from ocistore.transfer.evict import EvictedLayer
     from ocistore.transfer.inspect import ImageInspection
     from ocistore.transfer.progress import ProgressEvent
-    from ocistore.transfer.usage import DiskUsage, ImageUsage
+    from ocistore.transfer.usage import DiskUsage, ImageUsage, WhatIf
 else:
     # The operations load on first use: `import ocistore` and `Store()` stay cheap for the
     # many short-lived processes of test tooling and the CLI (tarfile, zstd, isal, threads).
@@ -458,6 +458,11 @@ class Store:
     def image_usage(self, snapshotters: list[str] | None = None) -> list[ImageUsage]:
         """Per image: compressed bytes, unpacked bytes per snapshotter, and how much is its own."""
         return usage.image_usage(self._ops, snapshotters or sorted(snapshots.SNAPSHOTTERS))
+
+    def what_if(self, snapshotter: str = "overlayfs") -> WhatIf:
+        """What the namespace's images would take fetched-only, pulled, pulled with discard, and
+        what unpacking the fetched-only ones would add; estimated without unpacking anything."""
+        return usage.what_if(self._ops, self.layout, snapshotter)
 
 
 def _writable(path: Path) -> bool:

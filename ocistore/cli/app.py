@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ocistore import __version__, errors
-from ocistore.cli import containers, content, images, leases, maintenance, namespaces, serve, snapshots
+from ocistore.cli import bench, containers, content, images, leases, maintenance, namespaces, serve, snapshots
 from ocistore.cli.args import add_json_flag
 from ocistore.cli.context import Context, UsageError
 
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--version", action="version", version=f"ocistore {__version__}")
     sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-    for module in (content, images, snapshots, containers, leases, namespaces, maintenance, serve):
+    for module in (content, images, snapshots, containers, leases, namespaces, maintenance, serve, bench):
         module.register(sub)
     _json_on_every_verb(parser)
     return parser

@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--images", action="store_true",
                    help="per image: compressed and unpacked bytes, and how much of each only it uses")
     p.add_argument("--what-if", action="store_true",
-                   help="what `snapshots evict` would free: one row per layer, and the total")
+                   help="per image, what fetch-only, pull and pull --discard-layers would take, what unpacking "
+                        "would add (estimated, nothing unpacked); then what `snapshots evict` would free")
+    p.add_argument("--snapshotter", default="overlayfs", help="with --what-if: the snapshotter (default overlayfs)")
     p.add_argument("--target", type=size_arg, default=None, metavar="SIZE",
                    help="with --what-if: the eviction target (default: $OCISTORE_SNAPSHOT_BUDGET, else 0)")
     add_json_flag(p)
@@ -125,13 +127,20 @@ def _du_what_if(ctx: Context, args: argparse.Namespace) -> int:
     if target is None:
         env = os.environ.get("OCISTORE_SNAPSHOT_BUDGET", "")
         target = parse_size(env) if env else 0
+    modes = ctx.store.what_if(args.snapshotter)
     before = ctx.store.unpacked_bytes()
     layers = ctx.store.evict_layers(target, dry_run=True)
     freed = sum(e.size for e in layers)
     if ctx.json:
-        print_json(ctx.stdout, {"target": target, "unpacked": before, "evictable": freed, "evicted": layers})
+        print_json(ctx.stdout, {"target": target, "unpacked": before, "evictable": freed, "evicted": layers,
+                                "modes": modes})
         return 0
     size: Callable[[int], str] = str if args.bytes else human_size
+    rows = [(e.name, size(e.fetched), size(e.pulled), size(e.discarded), size(e.unpack_adds),
+             f"{e.unpacked_layers}/{e.layers}") for e in [*modes.images, modes.total]]
+    print_table(ctx.stdout, ("IMAGE", "FETCH-ONLY", "PULLED", "PULLED+DISCARD", "UNPACK WOULD ADD", "UNPACKED"), rows)
+    ctx.out(f"store now {size(modes.now)}; the (all images) row counts shared blobs and layers once and adds "
+            f"what else the store holds (metadata, containers)")
     print_table(ctx.stdout, ("SNAPSHOTTER", "CHAIN ID", "SIZE", "IMAGES"),
                 [(e.snapshotter, e.chain_id, size(e.size), ",".join(e.images)) for e in layers])
     ctx.out(f"evict would free {size(freed)} of {size(before)} unpacked (target {size(target)})")

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import attrs
 
 from ocistore import errors
 from ocistore._files import allocated_bytes
+from ocistore._lazy import lazy_module
 from ocistore.images.image import image_parts
 from ocistore.layout import RootLayout
+from ocistore.oci.descriptor import Descriptor
 from ocistore.snapshots.types import Kind, Snapshotter
 from ocistore.transfer import evict
 from ocistore.transfer.context import OperationContext
 
-__all__ = ["DiskUsage", "ImageUsage", "SnapshotterUsage", "dedup_savings", "disk_usage", "image_usage"]
+if TYPE_CHECKING:
+    from ocistore import archive
+else:
+    archive = lazy_module("ocistore.archive")
+
+__all__ = ["DiskUsage", "ImageUsage", "ModeEstimate", "SnapshotterUsage", "WhatIf", "dedup_savings", "disk_usage",
+           "image_usage", "what_if"]
+
+FOOTPRINT_LABEL = "ocistore.io/unpacked-footprint"
+"""Content label caching a layer's estimated unpacked bytes: ``<block size>:<allocated>:<tar bytes>``."""
 
 
 @attrs.frozen
@@ -181,3 +194,112 @@ def _committed_size(sn: Snapshotter, chain: str) -> int | None:
         return sn.usage(chain).size
     except errors.NotFound:
         return None
+
+
+@attrs.frozen
+class ModeEstimate:
+    """What one image (or all of them, shared parts once) would take on disk in each mode."""
+
+    name: str
+    fetched: int
+    """Fetch only: the blobs of the selected platform (allocated, block-rounded)."""
+    pulled: int
+    """Pulled: the blobs plus the unpacked layers."""
+    discarded: int
+    """Pulled with ``discard_layers``: index, manifest, config and the unpacked layers."""
+    unpack_adds: int
+    """What unpacking would add now: the layers not yet committed in the snapshotter."""
+    unpacked_layers: int
+    """Of the image's layers, how many are committed already (their size is measured, not estimated)."""
+    layers: int
+
+
+@attrs.frozen
+class WhatIf:
+    """The answer of :func:`what_if`: per image, the whole store per mode, and the basis."""
+
+    images: list[ModeEstimate]
+    total: ModeEstimate
+    """All images with shared blobs and layers once, plus what the store has besides them
+    (metadata, directories, containers' snapshots, other blobs): the store's total in each mode."""
+    now: int
+    """The store's allocated bytes now (``disk_usage().total``)."""
+    block_size: int
+    snapshotter: str
+
+
+def what_if(ctx: OperationContext, layout: RootLayout, snapshotter: str = "overlayfs") -> WhatIf:
+    """What the images of the namespace would take fetched-only, pulled, pulled with discard.
+
+    From the manifests and configs, and for each layer not yet unpacked its *footprint*: its
+    blob is streamed once through the tar headers (no file is written; see
+    ``archive._footprint``) and the result cached in the layer's ``ocistore.io/unpacked-footprint``
+    content label, so the next call reads only labels. Committed layers count their measured
+    size. A layer whose blob is gone and that is not unpacked counts its compressed size.
+    """
+    bs = os.statvfs(layout.root).f_bsize
+    sn = ctx.snapshotter(snapshotter)
+    skeleton = 2 * bs  # a snapshot's own directory and its work/ (fs/ is the layer's root dir)
+    blob_alloc: dict[str, int] = {}
+    chain_size: dict[str, int] = {}
+    committed: dict[str, bool] = {}
+    per_image: list[tuple[str, list[str], list[str], list[str]]] = []  # name, blobs, layer blobs, chains
+    for img in sorted(ctx.images.list(), key=lambda i: i.name):
+        try:
+            parts = image_parts(ctx.content, img.target)
+        except errors.Error:
+            continue
+        blobs: list[str] = []
+        for d in (parts.target, parts.manifest_desc, parts.manifest.config, *parts.layers):
+            blobs.append(d.digest)
+            blob_alloc.setdefault(d.digest, _blob_allocated(layout, d.digest, d.size, bs))
+        for d, chain in zip(parts.layers, parts.chain_ids, strict=True):
+            if chain not in chain_size:
+                size = _committed_size(sn, chain)
+                committed[chain] = size is not None
+                own = size if size is not None else _footprint_of(ctx, layout, d, bs)
+                chain_size[chain] = own + skeleton
+        per_image.append((img.name, list(dict.fromkeys(blobs)), [d.digest for d in parts.layers], parts.chain_ids))
+
+    def estimate(name: str, blobs: set[str], layers: set[str], chains: set[str], fixed: int) -> ModeEstimate:
+        fetched = sum(blob_alloc[d] for d in blobs)
+        snaps = sum(chain_size[c] for c in chains)
+        return ModeEstimate(
+            name=name, fetched=fixed + fetched, pulled=fixed + fetched + snaps,
+            discarded=fixed + fetched - sum(blob_alloc[d] for d in layers) + snaps,
+            unpack_adds=sum(chain_size[c] for c in chains if not committed[c]),
+            unpacked_layers=sum(1 for c in chains if committed[c]), layers=len(chains))
+
+    images = [estimate(n, set(b), set(lb), set(ch), 0) for n, b, lb, ch in per_image]
+    all_blobs = {d for _, b, _, _ in per_image for d in b}
+    all_layers = {d for _, _, lb, _ in per_image for d in lb}
+    all_chains = {c for _, _, _, ch in per_image for c in ch}
+    now = disk_usage(layout)
+    present = sum(blob_alloc[d] for d in all_blobs if ctx.content.exists(d))
+    unpacked = sum(chain_size[c] for c in all_chains if committed[c])
+    fixed = max(0, now.total - present - unpacked)
+    total = estimate("(all images)", all_blobs, all_layers, all_chains, fixed)
+    return WhatIf(images=images, total=total, now=now.total, block_size=bs, snapshotter=snapshotter)
+
+
+def _blob_allocated(layout: RootLayout, digest: str, size: int, bs: int) -> int:
+    try:
+        return layout.content.blob_path(digest).stat().st_blocks * 512
+    except (OSError, errors.Error):
+        return -(-size // bs) * bs
+
+
+def _footprint_of(ctx: OperationContext, layout: RootLayout, desc: Descriptor, bs: int) -> int:
+    try:
+        info = ctx.content.info(desc.digest)
+    except errors.NotFound:
+        return -(-desc.size // bs) * bs  # no blob, not unpacked: the compressed size is all we know
+    cached = info.labels.get(FOOTPRINT_LABEL, "").split(":")
+    if len(cached) == 3 and cached[0] == str(bs) and cached[1].isdigit():
+        return int(cached[1])
+    with ctx.content.open(desc.digest) as f:
+        fp = archive.layer_footprint(f.read, desc.media_type, bs)
+    with contextlib.suppress(errors.Error):  # a read-only store: estimate again next time
+        ctx.content.update(desc.digest, {FOOTPRINT_LABEL: f"{bs}:{fp.allocated}:{fp.tar_bytes}"},
+                           [f"labels.{FOOTPRINT_LABEL}"])
+    return fp.allocated
