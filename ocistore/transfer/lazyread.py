@@ -168,7 +168,7 @@ def layer_sources(ctx: OperationContext, parts: ImageParts, image: str = "",
             raise _not_estargz(image, index, desc)
         if not ctx.content.exists(desc.digest):
             partial = getattr(ctx.content, "partial", None)
-            if partial is not None and partial(desc.digest) is not None:  # fetched lazily: ranged reads
+            if partial is not None and _is_partial(partial, desc.digest):  # fetched lazily: ranged reads
                 try:
                     sources.append(lazyfetch.remote_source(ctx, image, desc))
                 except BaseException:
@@ -183,6 +183,14 @@ def layer_sources(ctx: OperationContext, parts: ImageParts, image: str = "",
         sources.append(LocalSource(ctx.content, desc, what=f"image {image!r} layer {index} ({desc.digest})",
                                    toc=None if tocs is None else tocs[index]))
     return sources
+
+
+def _is_partial(partial: Callable[[str], object], digest: str) -> bool:
+    """Whether the namespace records ``digest`` as a partial (lazily fetched) blob."""
+    try:
+        return partial(digest) is not None
+    except errors.NotFound:
+        return False
 
 
 @attrs.define
