@@ -610,3 +610,23 @@ def test_read_range_checks_the_content_range(fake: FakeRegistry) -> None:
             client.read_range(ref, desc, 10, 300)
         with pytest.raises(errors.InvalidArgument):
             client.read_range(ref, desc, 10, len(data) + 1)
+
+
+@pytest.mark.registry
+def test_read_file_of_a_lazily_fetched_image_reads_only_its_chunks(
+    source_store: tuple[Store, str], registry_plain: Registry, tmp_path: Path
+) -> None:
+    source, name = source_store
+    ref = _pushed(source_store, registry_plain)
+    with Store(tmp_path / "s", **registry_plain.client_options()) as store:
+        image = store.fetch(ref, lazy=True)
+        layer = _layer(store, image.name)
+        assert store.read_file(image.name, "usr/bin/ls") == _file_bytes(source, name, "usr/bin/ls")
+        with store.open_file(image.name, "/etc/os-release") as f:
+            assert f.read() == _file_bytes(source, name, "etc/os-release")
+        # the layer is still partial: only the chunks of the files read were downloaded
+        assert store.content.info(layer.digest).partial
+        cached = sum(p.stat().st_size for p in store.layout.content.chunk_dir(layer.digest).iterdir())
+        assert 0 < cached < layer.size // 2
+        report = store.check()
+        assert report.ok, report.problems
