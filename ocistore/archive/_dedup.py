@@ -31,7 +31,7 @@ from ocistore import _faults
 
 __all__ = ["DEFAULT_THRESHOLD", "FileDeduper", "fingerprint_key"]
 
-DEFAULT_THRESHOLD = 16 * 1024
+DEFAULT_THRESHOLD = 64 * 1024  # benches/dedup.py: 44% fewer bytes for no measurable pull time (16 KiB: 47%, +14%)
 """Files smaller than this are written as usual (see benches/README.md, "Inline dedup")."""
 MAX_CANDIDATES = 4
 _CHUNK = 1 << 20
