@@ -24,12 +24,11 @@ from ocistore.archive._paths import Resolver
 from ocistore.archive._tarformat import TarEntry
 from ocistore.archive._usage import UsageCounter
 from ocistore.archive._writer import MetadataPolicy, times_of
+from ocistore.oci.paths import WHITEOUT_OPAQUE, WHITEOUT_PREFIX, whiteout_target
 
 __all__ = ["OPAQUE", "WHITEOUT_PREFIX", "LayerTarget", "apply_whiteout", "set_opaque"]
 
-WHITEOUT_PREFIX = ".wh."
-WHITEOUT_META_PREFIX = ".wh..wh."
-OPAQUE = ".wh..wh..opq"
+OPAQUE = WHITEOUT_OPAQUE
 OPAQUE_XATTR = "trusted.overlay.opaque"
 
 
@@ -52,15 +51,12 @@ class LayerTarget(Protocol):
 
 def apply_whiteout(applier: LayerTarget, entry: TarEntry, parts: list[str]) -> None:
     """Handle a member whose base name starts with ``.wh.``."""
-    base = parts[-1]
-    if base == OPAQUE:
+    name = whiteout_target(parts[-1], entry.name)
+    if name is None:
+        return  # other AUFS metadata (.wh..wh.plnk, ...): never part of the file system
+    if name == OPAQUE:
         _opaque(applier, entry, parts)
         return
-    if base.startswith(WHITEOUT_META_PREFIX):
-        return  # other AUFS metadata (.wh..wh.plnk, ...): never part of the file system
-    name = base[len(WHITEOUT_PREFIX) :]
-    if name in ("", ".", ".."):
-        raise errors.UnsafeArchive(f"invalid whiteout {entry.name!r}: it names no entry of its directory")
     if applier.overlay:
         _overlay_whiteout(applier, entry, parts, name)
     else:

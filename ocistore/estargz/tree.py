@@ -27,6 +27,7 @@ import attrs
 from ocistore import errors
 from ocistore.estargz.toc import TOC, Chunk, TOCEntry, clean_name
 from ocistore.estargz.writer import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from ocistore.oci.paths import WHITEOUT_OPAQUE, WHITEOUT_PREFIX, whiteout_target
 
 __all__ = ["MAX_LINKS", "ROOT_INO", "MergedTree", "Node", "merge_tocs", "parse_modtime", "prioritized_chunks"]
 
@@ -34,9 +35,6 @@ MAX_LINKS = 255
 """Symlinks followed while resolving one path (as the unpack's resolver and containerd's RootPath)."""
 ROOT_INO = 1
 _HIDDEN = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
-_OPAQUE = ".wh..wh..opq"
-_META_PREFIX = ".wh..wh."
-_WHITEOUT_PREFIX = ".wh."
 _S_IFMT = {
     "dir": stat.S_IFDIR, "reg": stat.S_IFREG, "symlink": stat.S_IFLNK, "char": stat.S_IFCHR,
     "block": stat.S_IFBLK, "fifo": stat.S_IFIFO,
@@ -210,7 +208,7 @@ class _Builder:
         base = parts[-1]
         parent = self._parent(parts[:-1], entry.name)
         assert parent.children is not None
-        if base.startswith(_WHITEOUT_PREFIX):
+        if base.startswith(WHITEOUT_PREFIX):
             self._whiteout(parent, base, entry.name)
             return
         existing = parent.children.get(base)
@@ -271,14 +269,12 @@ class _Builder:
             old.nlink -= 1
 
     def _whiteout(self, parent: Node, base: str, member: str) -> None:
-        if base == _OPAQUE:
+        name = whiteout_target(base, member)
+        if name is None:
+            return  # other AUFS metadata (.wh..wh.plnk, ...): never part of the file system
+        if name == WHITEOUT_OPAQUE:
             self._opaque(parent)
             return
-        if base.startswith(_META_PREFIX):
-            return  # other AUFS metadata (.wh..wh.plnk, ...): never part of the file system
-        name = base[len(_WHITEOUT_PREFIX):]
-        if name in ("", ".", ".."):
-            raise errors.UnsafeArchive(f"invalid whiteout {member!r}: it names no entry of its directory")
         assert parent.children is not None
         node = parent.children.get(name)
         if node is not None and node.ino in self._upper:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from ocistore import errors
 
-__all__ = ["clean_member_name"]
+__all__ = ["WHITEOUT_META_PREFIX", "WHITEOUT_OPAQUE", "WHITEOUT_PREFIX", "clean_member_name", "whiteout_target"]
+
+WHITEOUT_PREFIX = ".wh."
+"""A layer member whose base name starts with this hides (or marks) something of the lower layers."""
+WHITEOUT_META_PREFIX = ".wh..wh."
+"""AUFS bookkeeping names (``.wh..wh.plnk``...), never part of the file system, but for the opaque marker."""
+WHITEOUT_OPAQUE = ".wh..wh..opq"
+"""The opaque marker: the lower layers' contents of its directory are hidden."""
 
 
 def clean_member_name(name: str, what: str = "member") -> list[str]:
@@ -29,3 +36,21 @@ def clean_member_name(name: str, what: str = "member") -> list[str]:
         else:
             out.append(part)
     return out
+
+
+def whiteout_target(base: str, member: str) -> str | None:
+    """What a base name starting with ``.wh.`` hides, by the OCI layer rules.
+
+    The name of the hidden sibling for ``.wh.<name>``; ``WHITEOUT_OPAQUE`` for the opaque
+    marker (every lower entry of the directory); None for other AUFS bookkeeping names,
+    which are skipped. UnsafeArchive for a whiteout that names no entry (``.wh.``,
+    ``.wh..``, ``.wh...``); ``member`` is the full member name, for the message.
+    """
+    if base == WHITEOUT_OPAQUE:
+        return WHITEOUT_OPAQUE
+    if base.startswith(WHITEOUT_META_PREFIX):
+        return None
+    name = base[len(WHITEOUT_PREFIX):]
+    if name in ("", ".", ".."):
+        raise errors.UnsafeArchive(f"invalid whiteout {member!r}: it names no entry of its directory")
+    return name
