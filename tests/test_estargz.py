@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from archive_helpers import CORPUS, snapshot
+from lazy_helpers import tar_layer
 
 from ocistore import Descriptor, Image, Store, errors
 from ocistore import estargz as esgz
@@ -35,24 +36,7 @@ GZ = mt.OCI_LAYER_GZIP
 # -- building blobs ---------------------------------------------------------------------------------
 
 
-def _tar(members: list[tuple[str, Any]]) -> bytes:
-    """(name, bytes) files, (name/, None) dirs, (name, ("sym"|"hard", target)) links."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_700_000_000
-            if data is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tf.addfile(info)
-            elif isinstance(data, tuple):
-                info.type = tarfile.SYMTYPE if data[0] == "sym" else tarfile.LNKTYPE
-                info.linkname = data[1]
-                tf.addfile(info)
-            else:
-                info.size, info.mode = len(data), 0o644
-                tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+_tar = tar_layer  # (name, bytes) files, (name/, None) dirs, (name, ("sym"|"hard", target)) links
 
 
 BIG = hashlib.sha256(b"x").digest() * 40_000  # 1.28 MB, three chunks of 512 KiB
