@@ -162,9 +162,9 @@ class Applier:
         finally:
             os.close(fd)
         dedup = self.dedup
-        if dedup is not None and entry.size >= dedup.threshold and entry.sparse is None:
-            dedup.file_written(rel, path)
-            self.counter.removed()  # the file may now be a link to another snapshot's: walk on commit
+        if (dedup is not None and entry.size >= dedup.threshold and entry.sparse is None
+                and dedup.file_written(rel, path)):
+            self.counter.removed()  # now a link to another snapshot's file: the commit walks the tree
 
     def _directory(self, entry: TarEntry, rel: str, path: str) -> None:
         opaque = False

@@ -94,14 +94,14 @@ class FileDeduper:
         self._buf = bytearray(_CHUNK)
         self._view = memoryview(self._buf)
 
-    def file_written(self, rel: str, path: str) -> None:
+    def file_written(self, rel: str, path: str) -> bool:
         """``path`` (``rel`` in the layer root) was written with its final metadata: link it
-        to an identical committed file if there is one."""
+        to an identical committed file if there is one; True when it was linked."""
         fd = _open_read(path)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size < self.threshold:
-                return
+                return False
             xattrs = _xattrs(fd)
             key = fingerprint_key(self._fingerprint(fd, st.st_size), st, xattrs)
             self.entries.append((key, rel))
@@ -109,7 +109,8 @@ class FileDeduper:
                 if self._link(fd, st, xattrs, candidate, path):
                     self.linked += 1
                     self.linked_bytes += st.st_blocks * 512
-                    return
+                    return True
+            return False
         finally:
             os.close(fd)
 
