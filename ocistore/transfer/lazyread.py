@@ -23,7 +23,7 @@ import attrs
 
 from ocistore import errors
 from ocistore._lazy import lazy_module
-from ocistore.content.types import Provider
+from ocistore.content.types import PartialStore, Provider
 from ocistore.estargz.source import LayerSource
 from ocistore.estargz.toc import TOC, Chunk
 from ocistore.estargz.tree import MergedTree, Node, merge_tocs
@@ -167,8 +167,7 @@ def layer_sources(ctx: OperationContext, parts: ImageParts, image: str = "",
         if TOC_DIGEST_ANNOTATION not in desc.annotations:
             raise _not_estargz(image, index, desc)
         if not ctx.content.exists(desc.digest):
-            partial = getattr(ctx.content, "partial", None)
-            if partial is not None and _is_partial(partial, desc.digest):  # fetched lazily: ranged reads
+            if isinstance(ctx.content, PartialStore) and _is_partial(ctx.content, desc.digest):  # fetched lazily
                 try:
                     sources.append(lazyfetch.remote_source(ctx, image, desc))
                 except BaseException:
@@ -185,10 +184,10 @@ def layer_sources(ctx: OperationContext, parts: ImageParts, image: str = "",
     return sources
 
 
-def _is_partial(partial: Callable[[str], object], digest: str) -> bool:
+def _is_partial(content: PartialStore, digest: str) -> bool:
     """Whether the namespace records ``digest`` as a partial (lazily fetched) blob."""
     try:
-        return partial(digest) is not None
+        return content.partial(digest) is not None
     except errors.NotFound:
         return False
 
