@@ -295,6 +295,12 @@ def test_cli_images_fetch_lazy(source_store: tuple[Store, str], registry_plain: 
     assert "partial: content sha256:" in out and out.rstrip().endswith("ok")
     assert main(["--root", str(root), "content", "ls"]) == 0
     assert "(partial)" in capsys.readouterr().out
+    # images check: a lazily fetched layer is remote, not missing
+    assert main(["--root", str(root), "--json", "images", "check"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["status"].startswith("partial (") and row["status"].endswith(" remote)")
+    assert row["missing"] == [] and row["partial"] and row["complete"] is False
+    assert row["present"] + len(row["partial"]) == row["required"]
 
 
 # -- a registry that misbehaves -------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import attrs
 
 from ocistore import errors
-from ocistore.content.types import Provider
+from ocistore.content.types import PartialStore, Provider
 from ocistore.images.graph import filter_manifests
 from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
@@ -209,17 +209,21 @@ class Completeness:
     required: int
     present: int
     missing: list[str]
+    partial: list[str] = attrs.field(factory=list)
+    """Layers recorded as partial (fetched with ``lazy=True``): remote, neither present nor missing."""
 
     @property
     def complete(self) -> bool:
         """Every required blob is present."""
-        return not self.missing and self.required > 0
+        return not self.missing and not self.partial and self.required > 0
 
     @property
     def status(self) -> str:
-        """``complete`` or ``incomplete (<present>/<required>)``."""
+        """``complete``, ``partial (<present>/<required>, <n> remote)`` or ``incomplete (<present>/<required>)``."""
         if self.complete:
             return "complete"
+        if self.partial and not self.missing:
+            return f"partial ({self.present}/{self.required}, {len(self.partial)} remote)"
         return f"incomplete ({self.present}/{self.required})"
 
 
@@ -232,5 +236,17 @@ def completeness(provider: Provider, target: Descriptor, platform: PlatformArg =
     except errors.Error:
         return Completeness(required=2, present=1, missing=["manifest for the platform"])
     unique = [d.digest for d in parts.blobs]
-    missing = [d for d in unique if not provider.exists(d)]
-    return Completeness(required=len(unique), present=len(unique) - len(missing), missing=missing)
+    absent = [d for d in unique if not provider.exists(d)]
+    partial = [d for d in absent if _is_partial(provider, d)]
+    missing = [d for d in absent if d not in partial]
+    return Completeness(required=len(unique), present=len(unique) - len(absent), missing=missing, partial=partial)
+
+
+def _is_partial(provider: Provider, digest: str) -> bool:
+    """Whether ``digest`` is recorded as a partial (lazily fetched) blob in ``provider``."""
+    if not isinstance(provider, PartialStore):
+        return False
+    try:
+        return provider.partial(digest) is not None
+    except errors.NotFound:
+        return False
