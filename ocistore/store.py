@@ -15,6 +15,7 @@ from ocistore import errors
 from ocistore._files import remove_tree
 from ocistore._lazy import lazy_module
 from ocistore.content.local import LocalStore
+from ocistore.content.types import is_partial
 from ocistore.layout import RootLayout
 from ocistore.metadata.containers import ContainerRecords
 from ocistore.metadata.content import NamespacedContent
@@ -386,10 +387,12 @@ class Store:
         """
         names = [names] if isinstance(names, str) else list(names)
         with self._ops.lease():
-            for name in names:
-                lazyfetch.complete_image(self._ops, name)
-        exports.export_archive(self.content, self.images, path, [names] if isinstance(names, str) else list(names),
-                       platform=platform, all_platforms=all_platforms, format=format)
+            layers = exports.selected_layers(self.content, self.images, names, platform=platform,
+                                             all_platforms=all_platforms,
+                                             absent_ok=lambda d: is_partial(self.content, d))
+            lazyfetch.complete_layers(self._ops, layers)  # only the platforms exported
+        exports.export_archive(self.content, self.images, path, names,
+                               platform=platform, all_platforms=all_platforms, format=format)
 
     def convert(self, name: str, to: str = "estargz", prioritized_files: Sequence[str] | None = None, *,
                 dst: str | None = None, chunk_size: int = 4 << 20,

@@ -306,6 +306,15 @@ def test_cli_images_fetch_lazy(source_store: tuple[Store, str], registry_plain: 
 # -- a registry that misbehaves -------------------------------------------------------------------
 
 
+def _manifest_type(data: bytes) -> str:
+    """The mediaType a served manifest or index declares (a manifest when it declares none)."""
+    try:
+        declared = json.loads(data).get("mediaType")
+    except (ValueError, AttributeError):
+        declared = None
+    return declared if isinstance(declared, str) else mt.OCI_MANIFEST
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: FakeRegistry
     protocol_version = "HTTP/1.1"
@@ -332,7 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
                                head)
         assert m is not None
         headers = {"Docker-Content-Digest": "sha256:" + hashlib.sha256(data).hexdigest(),
-                   "Content-Type": mt.OCI_MANIFEST if m.group(2) == "manifests" else "application/octet-stream"}
+                   "Content-Type": _manifest_type(data) if m.group(2) == "manifests" else "application/octet-stream"}
         ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
         if ranged is None or srv.ignore_range:
             return self._reply(200, data, headers, head)
@@ -375,19 +384,34 @@ class FakeRegistry(ThreadingHTTPServer):
         self.objects[digest] = data
         return Descriptor("application/octet-stream", digest, len(data))
 
-    def image(self, tag: str, blob: bytes, annotations: dict[str, str]) -> str:
-        """Serve a one-layer image of ``blob`` under ``tag``; returns its reference."""
+    def _manifest(self, blob: bytes, annotations: dict[str, str], arch: str = "amd64") -> bytes:
         layer = self.add(blob)
         diff_id = "sha256:" + hashlib.sha256(gzip.decompress(blob)).hexdigest()
-        config = self.add(json.dumps({"architecture": "amd64", "os": "linux",
+        config = self.add(json.dumps({"architecture": arch, "os": "linux",
                                       "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode())
         manifest = json.dumps({
             "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
             "config": {"mediaType": mt.OCI_CONFIG, "digest": config.digest, "size": config.size},
             "layers": [{"mediaType": GZ, "digest": layer.digest, "size": layer.size, "annotations": annotations}],
         }).encode()
-        self.objects[tag] = manifest
         self.add(manifest)
+        return manifest
+
+    def image(self, tag: str, blob: bytes, annotations: dict[str, str]) -> str:
+        """Serve a one-layer image of ``blob`` under ``tag``; returns its reference."""
+        self.objects[tag] = self._manifest(blob, annotations)
+        return f"{self.address}/lazy/evil:{tag}"
+
+    def index(self, tag: str, per_arch: dict[str, tuple[bytes, dict[str, str]]]) -> str:
+        """Serve an index of one one-layer image per architecture under ``tag``."""
+        entries = []
+        for arch, (blob, notes) in per_arch.items():
+            d = self.add(self._manifest(blob, notes, arch))
+            entries.append({"mediaType": mt.OCI_MANIFEST, "digest": d.digest, "size": d.size,
+                            "platform": {"architecture": arch, "os": "linux"}})
+        self.objects[tag] = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
+                                        "manifests": entries}).encode()
+        self.add(self.objects[tag])
         return f"{self.address}/lazy/evil:{tag}"
 
     def ranged(self) -> list[str | None]:
@@ -594,6 +618,27 @@ def test_unreachable_registry_fails_export_clearly(fake: FakeRegistry, tmp_path:
             store.export_archive(tmp_path / "out.tar", image.name)
         assert not (tmp_path / "out.tar").exists()
         assert store.content.info(_layer(store, image.name).digest).partial
+        assert store.check().ok
+
+
+def test_export_completes_only_the_exported_platforms_partial_layers(fake: FakeRegistry, tmp_path: Path) -> None:
+    amd = _convert(_tar(FILES), tmp_path)
+    arm = _convert(_tar([*FILES, ("arm-only", b"arm\n")]), tmp_path)
+    ref = fake.index("multi", {"amd64": (amd[0], _annotations(amd[1])), "arm64": (arm[0], _annotations(arm[1]))})
+    amd_digest = "sha256:" + hashlib.sha256(amd[0]).hexdigest()
+    arm_digest = "sha256:" + hashlib.sha256(arm[0]).hexdigest()
+    with Store(tmp_path / "s", plain_http=True) as store:
+        image = store.fetch(ref, lazy=True, all_platforms=True)
+        assert store.content.info(amd_digest).partial and store.content.info(arm_digest).partial
+        store.export_archive(tmp_path / "amd.tar", image.name, platform="linux/amd64")
+        assert not store.content.info(amd_digest).partial  # downloaded whole for the export
+        assert store.content.info(arm_digest).partial  # filtered out: still remote
+        with tarfile.open(tmp_path / "amd.tar") as tf:
+            names = tf.getnames()
+        assert f"blobs/sha256/{amd_digest[7:]}" in names and f"blobs/sha256/{arm_digest[7:]}" not in names
+        assert store.check().ok
+        store.export_archive(tmp_path / "all.tar", image.name, all_platforms=True)
+        assert not store.content.info(arm_digest).partial
         assert store.check().ok
 
 

@@ -8,6 +8,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 import attrs
 
+from ocistore import errors
 from ocistore.oci.descriptor import Descriptor
 
 __all__ = [
@@ -211,3 +212,13 @@ class PartialStore(ContentStore, Protocol):
     def shareable(self, digest: str) -> bool:
         """Whether the root holds the whole blob and this namespace may see it without its bytes."""
         ...
+
+
+def is_partial(content: object, digest: str) -> bool:
+    """Whether ``content`` is a :class:`PartialStore` that records ``digest`` as partial."""
+    if not isinstance(content, PartialStore):
+        return False
+    try:
+        return content.partial(digest) is not None
+    except errors.NotFound:
+        return False

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import attrs
 
 from ocistore import errors
-from ocistore.content.types import PartialStore, Provider
+from ocistore.content.types import Provider, is_partial
 from ocistore.images.graph import filter_manifests
 from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
@@ -237,16 +237,7 @@ def completeness(provider: Provider, target: Descriptor, platform: PlatformArg =
         return Completeness(required=2, present=1, missing=["manifest for the platform"])
     unique = [d.digest for d in parts.blobs]
     absent = [d for d in unique if not provider.exists(d)]
-    partial = [d for d in absent if _is_partial(provider, d)]
+    partial = [d for d in absent if is_partial(provider, d)]
     missing = [d for d in absent if d not in partial]
     return Completeness(required=len(unique), present=len(unique) - len(absent), missing=missing, partial=partial)
 
-
-def _is_partial(provider: Provider, digest: str) -> bool:
-    """Whether ``digest`` is recorded as a partial (lazily fetched) blob in ``provider``."""
-    if not isinstance(provider, PartialStore):
-        return False
-    try:
-        return provider.partial(digest) is not None
-    except errors.NotFound:
-        return False

@@ -11,7 +11,7 @@ import json
 import os
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,19 @@ __all__ = ["export_archive"]
 _CHUNK = 1 << 20
 
 
-def _add_manifest(content: Provider, desc: Descriptor, blobs: dict[str, Descriptor], what: str) -> None:
-    """Add a manifest and its config and layers to ``blobs`` (FailedPrecondition if one is missing)."""
+def _add_manifest(content: Provider, desc: Descriptor, blobs: dict[str, Descriptor], what: str,
+                  absent_ok: Callable[[str], bool] | None = None) -> None:
+    """Add a manifest and its config and layers to ``blobs`` (FailedPrecondition if one is
+    missing, unless ``absent_ok`` says the blob may be absent: it is added all the same)."""
 
     def handle(d: Descriptor) -> list[Descriptor]:
         blobs[d.digest] = d
         kids = children(content, d) if mt.is_manifest(d.media_type) else []
         for child in kids:
+            if absent_ok is not None and mt.is_layer(child.media_type) and not content.exists(child.digest) \
+                    and absent_ok(child.digest):
+                blobs[child.digest] = child
+                continue
             if not content.exists(child.digest) and not mt.is_non_distributable(child.media_type):
                 raise errors.FailedPrecondition(
                     f"{what}: blob {child.digest} of manifest {d.digest} is not in the store "
@@ -62,7 +68,8 @@ class _Selection:
 
 
 def _select(
-    content: Provider, target: Descriptor, platform: PlatformArg, all_platforms: bool, what: str
+    content: Provider, target: Descriptor, platform: PlatformArg, all_platforms: bool, what: str,
+    absent_ok: Callable[[str], bool] | None = None,
 ) -> _Selection:
     """containerd's exporter: the target is the entry, an index's manifests are filtered.
 
@@ -73,7 +80,7 @@ def _select(
     """
     blobs: dict[str, Descriptor] = {}
     if not mt.is_index(target.media_type):
-        _add_manifest(content, target, blobs, what)
+        _add_manifest(content, target, blobs, what, absent_ok)
         return _Selection(list(blobs.values()), target)
     matcher = matcher_for(platform, strict=True)
     chosen: list[Descriptor] = []  # the manifests walked, for the docker-archive entry
@@ -86,7 +93,7 @@ def _select(
                 missing.append(d)
             else:
                 chosen.append(d)
-                _add_manifest(content, d, blobs, what)
+                _add_manifest(content, d, blobs, what, absent_ok)
             return []
         if not content.exists(d.digest):
             missing.append(d)
@@ -121,6 +128,25 @@ def _select(
         raise platform_mismatch(platform, True, target.digest, listed, present=content.exists, image=what)
     best = filter_manifests(chosen, matcher) or filter_manifests(chosen, matcher_for(None, strict=False)) or chosen
     return _Selection(list(blobs.values()), best[0])
+
+
+def selected_layers(
+    content: Provider, images: ImageStore, names: Sequence[str], *, platform: PlatformArg = None,
+    all_platforms: bool = False, absent_ok: Callable[[str], bool] | None = None,
+) -> list[Descriptor]:
+    """The layers :func:`export_archive` would write for ``names``, once each.
+
+    A layer that is not in the content store is an error (as in the export) unless
+    ``absent_ok(digest)`` is true: the store uses it to complete the lazily fetched (partial)
+    layers of the selected platforms, and only those, before it exports.
+    """
+    found: dict[str, Descriptor] = {}
+    for name in names:
+        img = images.get(name)
+        for b in _select(content, img.target, platform, all_platforms, f"image {img.name}", absent_ok).blobs:
+            if mt.is_layer(b.media_type):
+                found.setdefault(b.digest, b)
+    return list(found.values())
 
 
 def export_archive(

@@ -23,7 +23,7 @@ import attrs
 
 from ocistore import errors
 from ocistore._lazy import lazy_module
-from ocistore.content.types import PartialStore, Provider
+from ocistore.content.types import Provider, is_partial
 from ocistore.estargz.source import LayerSource
 from ocistore.estargz.toc import TOC, Chunk
 from ocistore.estargz.tree import MergedTree, Node, merge_tocs
@@ -167,7 +167,7 @@ def layer_sources(ctx: OperationContext, parts: ImageParts, image: str = "",
         if TOC_DIGEST_ANNOTATION not in desc.annotations:
             raise _not_estargz(image, index, desc)
         if not ctx.content.exists(desc.digest):
-            if isinstance(ctx.content, PartialStore) and _is_partial(ctx.content, desc.digest):  # fetched lazily
+            if is_partial(ctx.content, desc.digest):  # fetched lazily
                 try:
                     sources.append(lazyfetch.remote_source(ctx, image, desc))
                 except BaseException:
@@ -182,14 +182,6 @@ def layer_sources(ctx: OperationContext, parts: ImageParts, image: str = "",
         sources.append(LocalSource(ctx.content, desc, what=f"image {image!r} layer {index} ({desc.digest})",
                                    toc=None if tocs is None else tocs[index]))
     return sources
-
-
-def _is_partial(content: PartialStore, digest: str) -> bool:
-    """Whether the namespace records ``digest`` as a partial (lazily fetched) blob."""
-    try:
-        return content.partial(digest) is not None
-    except errors.NotFound:
-        return False
 
 
 @attrs.define
