@@ -15,6 +15,7 @@ from ocistore.archive._compression import detect_compression
 from ocistore.archive._convert import ConvertedLayer, convert_layer
 from ocistore.archive._dedup import FileDeduper
 from ocistore.archive._footprint import Footprint, layer_footprint
+from ocistore.archive._parents import adopt_lower_parents
 
-__all__ = ["ApplyResult", "ConvertedLayer", "FileDeduper", "Footprint", "apply_layer", "convert_layer",
-           "detect_compression", "layer_footprint"]
+__all__ = ["ApplyResult", "ConvertedLayer", "FileDeduper", "Footprint", "adopt_lower_parents", "apply_layer",
+           "convert_layer", "detect_compression", "layer_footprint"]

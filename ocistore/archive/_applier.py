@@ -9,6 +9,7 @@ import stat
 from ocistore import errors
 from ocistore.archive import _whiteouts
 from ocistore.archive._dedup import FileDeduper
+from ocistore.archive._parents import copy_dir_attributes
 from ocistore.archive._paths import Resolver, clean_name
 from ocistore.archive._tarformat import (
     TYPE_BLOCK,
@@ -65,6 +66,7 @@ class Applier:
         self.entries = 0
         self.skipped_devices = 0
         self.counter = UsageCounter(root)  # what this apply allocates, for the snapshot's usage
+        self.implicit_dirs: list[str] = []  # parents created with no lower dir to copy (``adopt_lower_parents``)
 
     # -- driver ----------------------------------------------------------------------------
 
@@ -267,16 +269,12 @@ class Applier:
         if opaque:
             _whiteouts.set_opaque(self, rel, rel)
         if template is None:
+            if not opaque:
+                self.implicit_dirs.append(rel)
             return
-        st = os.lstat(template)
-        path = f"{self.root}/{rel}"
-        if self.policy.chown:
-            os.lchown(path, st.st_uid, st.st_gid)
-        os.chmod(path, stat.S_IMODE(st.st_mode))
-        for key in os.listxattr(template, follow_symlinks=False):
-            if not key.startswith("trusted."):
-                os.setxattr(path, key, os.getxattr(template, key, follow_symlinks=False))
-        self.dir_times.append((rel, st.st_atime_ns, st.st_mtime_ns))
+        # the times are set at the end: the members written below it change them
+        atime, mtime = copy_dir_attributes(template, f"{self.root}/{rel}", self.policy.chown, times=False)
+        self.dir_times.append((rel, atime, mtime))
 
     def _apply_dir_times(self) -> None:
         verify = self.removals > 0

@@ -49,6 +49,10 @@ class ApplyResult:
     """Files replaced by a hard link to an identical committed file (``dedup=``)."""
     dedup_bytes: int = 0
     """Bytes those files took before they were linked (allocated blocks)."""
+    implicit_dirs: tuple[str, ...] = ()
+    """Parent directories the layer has no entry for, created with no lower directory to copy
+    them from (relative, parents first): an overlay apply without ``lower_dirs`` fixes them up
+    later with :func:`adopt_lower_parents`."""
 
 
 def apply_layer(
@@ -149,6 +153,7 @@ def apply_layer(
         usage=_usage(applier),
         deduplicated=dedup.linked if dedup is not None else 0,
         dedup_bytes=dedup.linked_bytes if dedup is not None else 0,
+        implicit_dirs=tuple(applier.implicit_dirs),
     )
     _verify(result, expected_digest, expected_size, expected_diff_id)
     if verifier is not None:

@@ -16,7 +16,7 @@ import base64
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 import attrs
@@ -270,12 +270,12 @@ def _prepare(job: _Job, i: int, parent: str) -> tuple[str, dict[str, str]] | Non
     raise errors.Unavailable(f"could not prepare an extract snapshot for layer {chain} after 3 tries")
 
 
-def _apply(job: _Job, i: int, key: str) -> Usage | None:
-    """Apply layer ``i`` into ``key``; returns its usage when the apply could count it."""
+def _apply(job: _Job, i: int, key: str, again: bool = False) -> archive.ApplyResult:
+    """Apply layer ``i`` into ``key`` (``again``: from the committed blob, not the download)."""
     layer = job.parts.layers[i]
     progress = job.progress
     lref = ref_key("layer", layer.digest)
-    stream = job.layer_stream(layer) if job.layer_stream is not None else None
+    stream = job.layer_stream(layer) if job.layer_stream is not None and not again else None
     if stream is None:
         stream = _open_layer(job, layer)
     progress.emit(lref, layer.digest, "layer", "extracting", 0, layer.size)
@@ -294,7 +294,7 @@ def _apply(job: _Job, i: int, key: str) -> Usage | None:
     if deduper is not None:
         job.dedup_files[key] = deduper.entries
     progress.emit(lref, layer.digest, "layer", "extracted", layer.size, layer.size)
-    return result.usage
+    return result
 
 
 def _open_layer(job: _Job, layer: Descriptor) -> BinaryIO:
@@ -346,7 +346,7 @@ def _commit(
         content.update(layer.digest, {UNCOMPRESSED: job.parts.diff_ids[i]}, [f"labels.{UNCOMPRESSED}"])
 
 
-def _unpack_one(job: _Job, i: int, sequential: bool) -> None:
+def _unpack_one(job: _Job, i: int, sequential: bool, again: bool = False) -> None:
     chains = job.parts.chain_ids
     parent = chains[i - 1] if i > 0 else ""
     prepared = _prepare(job, i, parent if sequential else "")
@@ -354,11 +354,19 @@ def _unpack_one(job: _Job, i: int, sequential: bool) -> None:
         return
     key, labels = prepared
     try:
-        usage = _apply(job, i, key)
+        usage = _apply(job, i, key, again).usage
         _commit(job, i, key, labels, None if sequential else (parent or None), usage)
     except BaseException:
         _remove_quietly(job.sn, key)
         raise
+
+
+def _adopt_parents(job: _Job, i: int, key: str, implicit_dirs: Sequence[str]) -> bool:
+    """Give the parents layer ``i`` created with nothing to copy the lower layers' attributes
+    (they are committed now); False when one is a symlink there (see ``adopt_lower_parents``)."""
+    below = job.parts.chain_ids[i - 1]
+    lowers = [job.sn.path(below), *job.sn.parents_paths(below)]
+    return archive.adopt_lower_parents(job.sn.path(key), implicit_dirs, lowers, chown=os.geteuid() == 0)
 
 
 def _remove_quietly(sn: Snapshotter, key: str) -> None:
@@ -376,15 +384,22 @@ def _unpack_parallel(job: _Job, start: int) -> None:
             if p is not None:
                 prepared[i] = p
         with worker_pool(min(MAX_PARALLEL_APPLY, len(prepared))) as pool:
-            futures: dict[int, Future[Usage | None]] = {
+            futures: dict[int, Future[archive.ApplyResult]] = {
                 i: pool.submit(_apply, job, i, key) for i, (key, _l) in prepared.items()
             }
             for i in range(start, len(chains)):
                 if i not in prepared:
                     continue
-                usage = futures[i].result()
+                result = futures[i].result()
                 key, labels = prepared[i]
-                _commit(job, i, key, labels, chains[i - 1] if i > 0 else None, usage)
+                if i > 0 and result.implicit_dirs and not _adopt_parents(job, i, key, result.implicit_dirs):
+                    # a parent it lacks is a symlink below: apply it again over its parents
+                    job.dedup_files.pop(key, None)
+                    _remove_quietly(job.sn, key)
+                    del prepared[i]
+                    _unpack_one(job, i, sequential=True, again=True)
+                    continue
+                _commit(job, i, key, labels, chains[i - 1] if i > 0 else None, result.usage)
                 del prepared[i]
     finally:
         for key, _labels in prepared.values():
