@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, BinaryIO
 
 from ocistore import _time, errors
+from ocistore._files import remove_tree
 from ocistore._lazy import lazy_module
 from ocistore.content.local import LocalStore, LocalWriter, read_verified
 from ocistore.content.locks import RefLock
@@ -332,14 +333,21 @@ class NamespacedContent:
 
         NotFound if the namespace has no such ingest; Unavailable if a writer holds it.
         """
-        with self.db.write() as txn:
-            rec = txn.get("ingests", key(self.ns, ref))
-            if rec is None:
-                raise errors.NotFound(f"ingest {ref!r} not found in namespace {self.ns!r}")
-            txn.delete("ingests", key(self.ns, ref))
-            self.db.remove_from_lease(txn, self.ns, "ingests", ref)
-        if not rec.get("expected"):
-            self.backend.abort(rec["bref"])
+        layout = self.backend.layout
+        bref = self._bref(ref)
+        # the writer's lock first (Unavailable while one holds it), so that nothing is removed
+        # from under a live writer
+        lock = RefLock(str(layout.ingest_lock(layout.ingest_key(bref))), f"ingest ref {ref!r}").acquire()
+        try:
+            with self.db.write() as txn:
+                rec = txn.get("ingests", key(self.ns, ref))
+                if rec is None:
+                    raise errors.NotFound(f"ingest {ref!r} not found in namespace {self.ns!r}")
+                txn.delete("ingests", key(self.ns, ref))
+                self.db.remove_from_lease(txn, self.ns, "ingests", ref)
+            remove_tree(self.backend.ingest_path(bref))
+        finally:
+            lock.release(remove=True)
 
     def ingest(
         self, data: bytes | BinaryIO, expected: str | None = None, labels: Mapping[str, str] | None = None,

@@ -425,6 +425,23 @@ class ContentStoreSuite:
         else:
             cs.abort("st-a")
 
+    def test_abort_under_a_live_writer(self, make_store: MakeStore) -> None:
+        """abort() of an ingest a writer holds is Unavailable and changes nothing: the writer
+        goes on, its status stays listed, and it commits."""
+        cs = make_store("abort-live")
+        data = _random(3000, 23)
+        w = cs.writer("live-a", total=len(data))
+        w.write(data[:1000])
+        with pytest.raises(errors.Unavailable):
+            cs.abort("live-a")
+        assert {s.ref: s.offset for s in cs.statuses()}.get("live-a") == 1000
+        w.write(data[1000:])
+        w.commit(len(data), _digest(data), labels=self._commit_labels())
+        assert cs.read(_digest(data)) == data
+        if self.missing_is_not_found:
+            with pytest.raises(errors.NotFound):
+                cs.abort("live-a")
+
     def test_delete_and_walk(self, make_store: MakeStore) -> None:
         """walk() with no filter, one filter and alternatives; delete() forgets a blob, twice is NotFound.
 
