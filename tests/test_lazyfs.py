@@ -2,7 +2,8 @@
 
 Each lazy container's tree is compared, file by file, with the ordinary container of the same
 image; writes land in the overlay's upper dir; the background fill commits the image's
-snapshots; delete unmounts and stops the helper; a killed helper gives an error, not a hang.
+snapshots; delete unmounts and stops the helper; a killed helper is started again by the
+next mounts (or is an error, never a hang).
 """
 
 from __future__ import annotations
@@ -152,22 +153,55 @@ def test_delete_unmounts_and_stops_the_helper(corpus: Any) -> None:
     assert store.check().ok
 
 
-def test_a_killed_helper_is_an_error_not_a_hang(corpus: Any) -> None:
+def _kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    while _alive(pid):
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("reboot", [False, True])
+def test_a_killed_helper_is_restarted_by_the_next_mounts(corpus: Any, tmp_path: Path, reboot: bool) -> None:
     store, names, _root = corpus
     name = names["debian:gzip"]
     _fresh(store, name)
     c = store.containers.create("killed", name, lazy=True)
     directory = Path(c.labels[lazyrootfs.LAZY_LABEL])
+    (tmp_path / "m").mkdir()
+    with mounted(c.mounts, tmp_path / "m") as root:
+        (root / "etc/written").write_text("kept in the upper dir\n")
     pid = _pid(c)
-    os.kill(pid, signal.SIGKILL)
-    while _alive(pid):
-        time.sleep(0.05)
+    _kill(pid)
     probe = subprocess.run([sys.executable, "-c", f"import os; os.listdir({str(directory / 'mnt/etc')!r})"],
                            capture_output=True, text=True, timeout=30, check=False)
     assert probe.returncode != 0 and "Transport endpoint is not connected" in probe.stderr
-    with pytest.raises(errors.Unavailable, match="not served any more"):
-        store.containers.get("killed").mounts  # noqa: B018 - the property raises
+    if reboot:  # after a reboot nothing is mounted any more
+        subprocess.run(["umount", "-l", str(directory / "mnt")], check=True)
+    again = store.containers.get("killed")
+    mounts = again.mounts  # starts the helper again
+    new_pid = _pid(again)
+    assert new_pid != pid and _alive(new_pid) and is_mounted(directory / "mnt")
+    with mounted(mounts, tmp_path / "m") as root:
+        assert (root / "etc/written").read_text() == "kept in the upper dir\n"
+        assert (root / "etc/os-release").read_bytes() == store.read_file(name, "etc/os-release")
+    assert again.mounts == mounts  # serving: nothing restarted
+    assert _pid(store.containers.get("killed")) == new_pid
     store.containers.delete("killed")
+    assert not _alive(new_pid)
+    assert not directory.exists() and str(directory) not in Path("/proc/self/mounts").read_text()
+    assert store.check().ok
+
+
+def test_a_helper_that_cannot_be_restarted_is_an_error_not_a_hang(corpus: Any) -> None:
+    store, names, _root = corpus
+    name = names["debian:gzip"]
+    _fresh(store, name)
+    c = store.containers.create("broken", name, lazy=True)
+    directory = Path(c.labels[lazyrootfs.LAZY_LABEL])
+    _kill(_pid(c))
+    (directory / "helper.json").write_text("{not json")
+    with pytest.raises(errors.Unavailable, match="cannot be restarted"):
+        store.containers.get("broken").mounts  # noqa: B018 - the property raises
+    store.containers.delete("broken")
     assert not directory.exists() and str(directory) not in Path("/proc/self/mounts").read_text()
     assert store.check().ok
 

@@ -32,6 +32,8 @@ class Container(ContainerRecord):
     """A container's record, bound to its store: ``mounts`` gives its root filesystem's mounts."""
 
     snapshotters: SnapshotterLookup | None = attrs.field(default=None, eq=False, repr=False, hash=False)
+    restart_lazy: Callable[[], object] | None = attrs.field(default=None, eq=False, repr=False, hash=False)
+    """Starts a lazy container's FUSE helper again when it is gone (bound by the store)."""
 
     @property
     def lazy(self) -> bool:
@@ -42,14 +44,15 @@ class Container(ContainerRecord):
     def mounts(self) -> list[Mount]:
         """The mounts of the container's root filesystem (its active snapshot).
 
-        For a lazy container: an overlay whose lower dir is the FUSE mount of its image
-        (Unavailable when the FUSE helper is not serving any more)."""
+        For a lazy container: an overlay whose lower dir is the FUSE mount of its image. A
+        FUSE helper that is gone (killed, or after a reboot) is started again first;
+        Unavailable if that fails."""
         if self.snapshotters is None:
             raise errors.FailedPrecondition(f"container {self.id!r} is not bound to a store")
         sn = self.snapshotters(self.snapshotter)
         if self.lazy:
             return lazyrootfs.lazy_mounts(Path(self.labels[lazyrootfs.LAZY_LABEL]), sn.path(self.snapshot_key),
-                                          self.id)
+                                          self.id, self.restart_lazy)
         return sn.mounts(self.snapshot_key)
 
 
@@ -62,9 +65,14 @@ class Containers:
         self._records = records
 
     def _wrap(self, rec: ContainerRecord) -> Container:
+        ctx = self._ctx
+        restart = None
+        if lazyrootfs.LAZY_LABEL in rec.labels:
+            def restart() -> object:
+                return lazyrootfs.restart_helper(ctx.layout, ctx.namespace, rec.id)
         return Container(id=rec.id, image=rec.image, snapshotter=rec.snapshotter,
                          snapshot_key=rec.snapshot_key, labels=rec.labels, created_at=rec.created_at,
-                         updated_at=rec.updated_at, snapshotters=self._ctx.snapshotter)
+                         updated_at=rec.updated_at, snapshotters=ctx.snapshotter, restart_lazy=restart)
 
     def get(self, cid: str) -> Container:
         """The container ``cid``; NotFound if it does not exist."""

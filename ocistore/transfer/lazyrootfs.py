@@ -12,6 +12,12 @@ as the lower dir and its active snapshot's ``fs``/``work`` as upper and work dir
 
 ``containers.delete`` unmounts the FUSE mount (the helper's loop then ends), waits for the
 helper to exit (SIGKILL after a grace period) and removes the directory.
+
+A helper that is gone (killed, or the machine rebooted: the container's upper dir survives,
+its FUSE mount does not) is started again by the next ``Container.mounts``
+(:func:`restart_helper`), with the image and options recorded in ``helper.json``; once the
+background fill has committed the image, the new helper serves the committed blobs instead
+of ranged reads.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes.util
 import importlib.util
+import json
 import os
 import select
 import shutil
@@ -26,14 +33,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ocistore import errors
+from ocistore.content.locks import RefLock
 from ocistore.layout import RootLayout, work_of
 from ocistore.mount import is_mounted, unmount
 from ocistore.snapshots.types import Mount
 
-__all__ = ["LAZY_LABEL", "fuse_missing", "lazy_mounts", "start_helper", "stop_helper"]
+__all__ = ["LAZY_LABEL", "fuse_missing", "lazy_mounts", "restart_helper", "serving", "start_helper", "stop_helper"]
 
 LAZY_LABEL = "ocistore.io/lazy-rootfs"
 """Container label: the directory of its lazy rootfs helper (mount point ``mnt``, ``pid``, ``log``)."""
@@ -98,7 +107,41 @@ def start_helper(layout: RootLayout, namespace: str, cid: str, image: str, snaps
     finally:
         os.close(read_fd)
     (directory / "pid").write_text(f"{pid}\n")
+    (directory / _HELPER).write_text(json.dumps({"image": image, "snapshotter": snapshotter, "fill": fill}))
     return directory
+
+
+_HELPER = "helper.json"
+
+
+def restart_helper(layout: RootLayout, namespace: str, cid: str) -> Path:
+    """Start the helper of lazy container ``cid`` again if it is not serving (killed, or the
+    machine rebooted); returns its directory. One process restarts it at a time; Unavailable
+    if another is doing so, or if the new helper fails (with its log)."""
+    directory = layout.lazy_dir(namespace, cid)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    lock = RefLock(str(directory.with_name(f".{cid}.restart")), f"the lazy rootfs helper of container {cid!r}")
+    lock.acquire()
+    try:
+        if serving(directory):
+            return directory  # another process restarted it first
+        try:
+            recorded = json.loads((directory / _HELPER).read_text())
+            image, snapshotter, fill = str(recorded["image"]), str(recorded["snapshotter"]), bool(recorded["fill"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise errors.Unavailable(
+                f"the lazy rootfs of container {cid!r} is not served any more and cannot be restarted "
+                f"({directory / _HELPER}: {exc}); delete the container and create it again"
+            ) from None
+        return start_helper(layout, namespace, cid, image, snapshotter, fill=fill)
+    finally:
+        lock.release(remove=True)
+
+
+def serving(directory: Path) -> bool:
+    """Whether the helper recorded in ``directory`` is alive and its FUSE mount is there."""
+    pid = _pid(directory)
+    return pid is not None and _alive(pid) and is_mounted(directory / "mnt")
 
 
 def _wait_ready(fd: int, timeout: float, log: Path) -> int:
@@ -138,16 +181,19 @@ def _alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
-def lazy_mounts(directory: Path, upper: Path, cid: str) -> list[Mount]:
-    """The overlay of a lazy container's rootfs; Unavailable if its helper is not serving."""
+def lazy_mounts(directory: Path, upper: Path, cid: str, restart: Callable[[], object] | None = None) -> list[Mount]:
+    """The overlay of a lazy container's rootfs. A helper that is not serving is started again
+    with ``restart`` (see :func:`restart_helper`); Unavailable without it, or if that fails."""
     mnt = directory / "mnt"
-    pid = _pid(directory)
-    if pid is None or not _alive(pid) or not is_mounted(mnt):
-        raise errors.Unavailable(
-            f"the lazy rootfs of container {cid!r} is not served any more (its FUSE helper "
-            f"{'pid ' + str(pid) if pid else ''} exited; see {directory / 'log'}); delete the container and "
-            "create it again"
-        )
+    if not serving(directory):
+        pid = _pid(directory)
+        if restart is None:
+            raise errors.Unavailable(
+                f"the lazy rootfs of container {cid!r} is not served any more (its FUSE helper "
+                f"{'pid ' + str(pid) if pid else ''} exited; see {directory / 'log'}); delete the container and "
+                "create it again"
+            )
+        restart()
     return [Mount(type="overlay", source="overlay",
                   options=[f"workdir={work_of(upper.parent)}", f"upperdir={upper}", f"lowerdir={mnt}"])]
 
