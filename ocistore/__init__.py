@@ -12,16 +12,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ocistore import errors
-from ocistore.content.types import ContentInfo, IngestStatus
-from ocistore.metadata.images import Image
-from ocistore.metadata.leases import Lease, Resource
-from ocistore.oci.descriptor import Descriptor
-from ocistore.oci.platform import Platform
-from ocistore.store import Store
 
 if TYPE_CHECKING:
+    from ocistore.content.types import ContentInfo, IngestStatus
     from ocistore.metadata.gc import GCStats
+    from ocistore.metadata.images import Image
+    from ocistore.metadata.leases import Lease, Resource
+    from ocistore.oci.descriptor import Descriptor
+    from ocistore.oci.platform import Platform
     from ocistore.snapshots.types import Kind, Mount, SnapshotInfo, Usage
+    from ocistore.store import Store
     from ocistore.transfer.check import CheckReport
     from ocistore.transfer.containers import Container
     from ocistore.transfer.progress import ProgressEvent
@@ -50,8 +50,18 @@ __all__ = [
     "errors",
 ]
 
-# Records of the layers that load on first use (see ocistore.store): resolved on first access.
+# Every public name loads on first access: `import ocistore` (and the CLI, which imports it
+# first) pays only for what the program uses (a fresh `ocistore containers create` never
+# loads the records of check, du or gc).
 _LAZY = {
+    "ContentInfo": "ocistore.content.types",
+    "IngestStatus": "ocistore.content.types",
+    "Image": "ocistore.metadata.images",
+    "Lease": "ocistore.metadata.leases",
+    "Resource": "ocistore.metadata.leases",
+    "Descriptor": "ocistore.oci.descriptor",
+    "Platform": "ocistore.oci.platform",
+    "Store": "ocistore.store",
     "CheckReport": "ocistore.transfer.check",
     "Container": "ocistore.transfer.containers",
     "DiskUsage": "ocistore.transfer.usage",

@@ -20,8 +20,15 @@ placed in the product.
 from __future__ import annotations
 
 import os
-import signal
 import threading
+from typing import TYPE_CHECKING
+
+from ocistore._lazy import lazy_module
+
+if TYPE_CHECKING:
+    import signal
+else:
+    signal = lazy_module("signal")  # its enums cost a fresh process; only a fired fault needs it
 
 __all__ = ["ENV", "POINTS", "armed", "fault_point"]
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
-import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ocistore import errors
+from ocistore._lazy import lazy_module
 
-__all__ = ["allocated_bytes", "atomic_write", "disk_full", "fsync_dir", "remove_tree"]
+if TYPE_CHECKING:
+    import shutil
+else:
+    shutil = lazy_module("shutil")  # (and bz2, lzma): only removing a tree needs it
+
+__all__ = ["allocated_bytes", "atomic_write", "disk_full", "fsync_dir", "make_temp_dir", "remove_tree"]
 
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -32,6 +37,19 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def make_temp_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
+    """A new empty directory ``<parent>/<prefix><random>`` (mode 0700), as ``tempfile.mkdtemp`` makes one."""
+    base = os.path.abspath(parent)
+    for _ in range(100):
+        path = Path(base, f"{prefix}{os.urandom(8).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(errno.EEXIST, "no free temporary directory name", base)
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes, *, sync: bool = True, mode: int = 0o644) -> None:
     """Write ``data`` to a sibling temp file, fsync, and rename over ``path``.
 
@@ -39,7 +57,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, sync: bool = True
     or the new content, never a mix.
     """
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:

@@ -21,13 +21,19 @@ Nothing here does I/O except :meth:`RootLayout.create`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
+from ocistore._lazy import lazy_module
 from ocistore.oci.digest import ALGORITHMS, algorithm_of, encoded
+
+if TYPE_CHECKING:
+    import hashlib
+else:
+    hashlib = lazy_module("hashlib")
 
 __all__ = ["NEW_PREFIX", "TRASH_PREFIX", "ContentLayout", "RootLayout", "fs_of", "work_of"]
 

@@ -707,3 +707,89 @@ def test_images_check_after_discarded_layers_says_unpacked(tmp_path: Path, regis
     assert f"incomplete (2/{n})" in line and line.endswith("true")
     ok(run(root, "containers", "create", "--snapshotter", "native", "c1", ref))
     assert ok(run(root, "check")).out.strip() == "ok"
+
+
+# -- one command's parsers only ----------------------------------------------------------------------------
+def test_commands_table_names_each_top_level_command_of_the_whole_parser() -> None:
+    """``COMMANDS`` maps every command and alias to the module that registers it, and nothing else."""
+    import argparse
+
+    from ocistore.cli.app import COMMANDS, GROUP_MODULES, _parser, build_parser
+
+    def names(p: argparse.ArgumentParser) -> set[str]:
+        [sub] = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        return set(sub.choices)
+
+    assert set(COMMANDS) == names(build_parser())
+    for module in GROUP_MODULES:
+        assert names(_parser((module,))) == {name for name, m in COMMANDS.items() if m == module}, module
+
+
+@pytest.mark.parametrize("argv", [
+    ["--root", "R", "containers", "create", "a", "b"],
+    ["--ro=R", "-nfoo", "c", "create", "--label", "k=v", "a", "b"],
+    ["--json", "images", "ls", "-q"],
+    ["-n", "containers", "images", "ls"],
+    ["du", "--bytes"],
+    ["snapshots", "tree"],
+])
+def test_the_one_command_parser_reads_argv_as_the_whole_parser(argv: list[str]) -> None:
+    from ocistore.cli.app import build_parser, parser_for
+
+    whole = vars(build_parser().parse_args(argv))
+    assert vars(parser_for(argv).parse_args(argv)) == whole
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--help"], ["-h", "containers"], ["--version"], ["bogus"], ["--root"], ["containers"],
+    ["containers", "create"], ["containers", "create", "--help"], ["c", "bogus"], ["images", "ls", "--bogus"],
+    ["--root", "R", "containers", "ls", "extra"], ["gc", "--help"], ["--root", "R", "--", "containers", "ls"],
+])
+def test_help_usage_errors_and_exit_codes_are_those_of_the_whole_parser(argv: list[str]) -> None:
+    import contextlib as cl
+
+    from ocistore.cli.app import build_parser, parser_for
+
+    def outcome(parser: Any) -> tuple[str, str, object]:
+        out, err = io.StringIO(), io.StringIO()
+        code: object = None
+        with cl.redirect_stdout(out), cl.redirect_stderr(err):
+            try:
+                parser.parse_args(argv)
+            except SystemExit as exc:
+                code = exc.code
+        return out.getvalue(), err.getvalue(), code
+
+    assert outcome(parser_for(argv)) == outcome(build_parser())
+
+
+def test_a_fresh_create_loads_only_what_it_needs(tmp_path: Path) -> None:
+    """No other command's modules, no applier, eStargz, FUSE, registry client or hashing of blobs."""
+    from ocistore.testing.layout import write_layout
+
+    layout = tmp_path / "layout"
+    write_layout(layout, {"example.com/small:1": [{"a.txt": "a"}]})
+    root = tmp_path / "root"
+    ok(run(root, "images", "import", str(layout)))
+    code = (
+        "import sys\n"
+        "from ocistore.cli import main\n"
+        f"assert main(['--root', {str(root)!r}, 'containers', 'create', 'c1', 'example.com/small:1']) == 0\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCISTORE_")}
+    env["PYTHONPATH"] = str(REPO)
+
+    def modules(source: str) -> set[str]:
+        return set(subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, env=env,
+                                  check=True, cwd=tmp_path, timeout=120).stdout.split())
+
+    # what the interpreter's own start-up loads (site hooks) is not the command's
+    loaded = modules(code) - modules("import sys; print('\\n'.join(sorted(sys.modules)))")
+    unwanted = {
+        "ocistore.cli.images", "ocistore.cli.serve", "ocistore.cli.bench", "ocistore.cli.maintenance",
+        "ocistore.archive", "ocistore.estargz", "ocistore.remotes", "ocistore.transfer.unpack",
+        "ocistore.transfer.lazyread", "ocistore.transfer.lazyrootfs", "ocistore.oci.imagelayout",
+        "logging", "concurrent.futures", "tarfile", "ssl", "urllib3", "zstandard", "tempfile", "uuid", "signal",
+    }
+    assert not unwanted & loaded, sorted(unwanted & loaded)

@@ -7,23 +7,40 @@ stderr, no traceback), 2 on usage errors. ``--debug`` lets the traceback through
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from ocistore import __version__, errors
-from ocistore.cli import bench, containers, content, images, leases, maintenance, namespaces, serve, snapshots
 from ocistore.cli.args import add_json_flag
 from ocistore.cli.context import Context, UsageError
 
-__all__ = ["build_parser", "default_root", "main"]
+__all__ = ["COMMANDS", "build_parser", "default_root", "main", "parser_for"]
 
 ROOT_ENV = "OCISTORE_ROOT"
 NAMESPACE_ENV = "OCISTORE_NAMESPACE"
 SYSTEM_ROOT = "/var/lib/ocistore"
 Handler = Callable[[Context, argparse.Namespace], int]
+
+# The verb modules, in the order of ``ocistore --help``, and the top-level commands (names and
+# aliases) each registers. One call builds only its own command's parsers and imports only its
+# module: the whole tree costs a fresh process more than the rest of its start-up.
+GROUP_MODULES = ("content", "images", "snapshots", "containers", "leases", "namespaces", "maintenance", "serve",
+                 "bench")
+COMMANDS: dict[str, str] = {
+    "content": "content",
+    "images": "images", "image": "images", "i": "images",
+    "snapshots": "snapshots", "snapshot": "snapshots",
+    "containers": "containers", "container": "containers", "c": "containers",
+    "leases": "leases", "lease": "leases",
+    "namespaces": "namespaces", "namespace": "namespaces", "ns": "namespaces",
+    "gc": "maintenance", "du": "maintenance", "check": "maintenance", "compile": "maintenance",
+    "serve": "serve",
+    "bench": "bench",
+}
 
 
 def default_root(env: Mapping[str, str] | None = None, euid: int | None = None) -> Path:
@@ -39,10 +56,11 @@ def default_root(env: Mapping[str, str] | None = None, euid: int | None = None) 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: global options and every verb group."""
-    parser = argparse.ArgumentParser(
-        prog="ocistore",
-        description="An embeddable OCI image store: content, images, snapshots, leases and GC, ctr-like.",
-    )
+    return _parser(GROUP_MODULES)
+
+
+def _global_options(parser: argparse.ArgumentParser, scan: bool = False) -> None:
+    """The options before the command; ``scan`` makes ``--version`` a plain flag (prints nothing)."""
     parser.add_argument("--root", metavar="DIR",
                         help=f"store root (default: ${ROOT_ENV}, else {SYSTEM_ROOT} for root, "
                              "else ~/.local/share/ocistore)")
@@ -50,12 +68,60 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"namespace (default: ${NAMESPACE_ENV}, else 'default')")
     parser.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    parser.add_argument("--version", action="version", version=f"ocistore {__version__}")
+    if scan:
+        parser.add_argument("-h", "--help", action="store_true")
+        parser.add_argument("--version", action="store_true")
+    else:
+        parser.add_argument("--version", action="version", version=f"ocistore {__version__}")
+
+
+def _parser(modules: Sequence[str]) -> argparse.ArgumentParser:
+    """Global options and the commands the verb ``modules`` (of :data:`GROUP_MODULES`) register."""
+    parser = argparse.ArgumentParser(
+        prog="ocistore",
+        description="An embeddable OCI image store: content, images, snapshots, leases and GC, ctr-like.",
+    )
+    _global_options(parser)
     sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-    for module in (content, images, snapshots, containers, leases, namespaces, maintenance, serve, bench):
-        module.register(sub)
+    for name in modules:
+        importlib.import_module(f"ocistore.cli.{name}").register(sub)
     _json_on_every_verb(parser)
     return parser
+
+
+class _NotACommand(Exception):
+    """The scan of an argument list met something that only the whole parser can report."""
+
+
+class _ScanParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _NotACommand(message)
+
+
+def _command_module(argv: Sequence[str]) -> str | None:
+    """The verb module of the command ``argv`` names, as the whole parser reads it.
+
+    The scan has the same global options (so abbreviations and option values resolve
+    alike) and takes the command and what follows as the subparsers do (``A...``). None
+    when the whole parser must answer: no command or an unknown one, a usage error before
+    it, a top-level ``--help`` or ``--version``.
+    """
+    scan = _ScanParser(prog="ocistore", add_help=False)
+    _global_options(scan, scan=True)
+    scan.add_argument("command", nargs=argparse.PARSER)
+    try:
+        args = scan.parse_args(argv)
+    except _NotACommand:
+        return None
+    if args.help or args.version:
+        return None
+    return COMMANDS.get(args.command[0])
+
+
+def parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """A parser that reads ``argv`` exactly as :func:`build_parser`'s does, built for its command only."""
+    module = _command_module(argv)
+    return build_parser() if module is None else _parser((module,))
 
 
 def _json_on_every_verb(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +181,8 @@ def _silence_stdout() -> None:
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None,
          stdin: TextIO | None = None) -> int:
     """Run one command line; returns the exit code (``ocistore.cli:main`` is the console script)."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = parser_for(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help, --version (0) or a usage error (2)

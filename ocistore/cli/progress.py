@@ -8,7 +8,6 @@ line a log file can keep. Like ctr, progress goes to stdout (errors alone go to 
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -122,6 +121,8 @@ class ProgressPrinter:
         return text[: max(1, width - 1)]
 
     def _redraw(self, now: float) -> None:
+        import shutil  # (and bz2, lzma): only a terminal's progress needs it
+
         width = shutil.get_terminal_size((100, 24)).columns
         rows = [self._render(ref, line, width) for ref, line in self._lines.items()]
         rows.append(self._summary(now, width))

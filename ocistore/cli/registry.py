@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 from typing import Any
 
 from ocistore.cli.context import Context, UsageError
@@ -29,6 +28,8 @@ def _password(ctx: Context, user: str) -> str:
     """Prompt on the terminal, or read one line from a non-terminal stdin."""
     isatty = getattr(ctx.stdin, "isatty", None)
     if isatty is not None and isatty():
+        import getpass  # (and termios)
+
         return getpass.getpass(f"Password for {user}: ", stream=ctx.stderr)
     line = ctx.stdin.readline()
     if not line:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 from collections.abc import Callable, Iterable
 
 from ocistore.cli.args import for_each, parse_labels, parse_size, size_arg
@@ -97,6 +96,8 @@ def _sn(ctx: Context, args: argparse.Namespace) -> Snapshotter:
 
 def mount_commands(mounts: Iterable[Mount], target: str) -> list[str]:
     """``mount -t TYPE SOURCE TARGET -o OPTIONS`` per mount, as ``ctr snapshots mounts`` prints."""
+    import shlex
+
     lines = []
     for m in mounts:
         cmd = ["mount", "-t", m.type, m.source, target]

@@ -11,7 +11,7 @@ never sees a committed blob without its record.
 from __future__ import annotations
 
 import io
-import uuid
+import os
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, BinaryIO
@@ -356,7 +356,7 @@ class NamespacedContent:
         """Write a whole blob (bytes or a readable stream) and commit it; existing blobs are fine."""
         validate_labels(labels, "content: ")
         stream: BinaryIO = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
-        ref = f"ingest-{uuid.uuid4().hex}"
+        ref = f"ingest-{os.urandom(16).hex()}"
         try:
             w = self.writer(ref, expected=expected)
         except errors.AlreadyExists:

@@ -15,7 +15,6 @@ order :meth:`LeaseManager.list_resources` reports.
 
 from __future__ import annotations
 
-import base64
 import builtins
 import contextlib
 import os
@@ -33,9 +32,12 @@ from ocistore.metadata.db import DB, SEP, key, prefix
 from ocistore.oci.digest import validate_digest
 
 if TYPE_CHECKING:
+    import base64
+
     from ocistore import filters as _filters
     from ocistore.metadata import gc
 else:
+    base64 = lazy_module("base64")  # (and struct, binascii) only for a random lease id
     _filters = lazy_module("ocistore.filters")  # compiled on the first filtered listing
     gc = lazy_module("ocistore.metadata.gc")  # only a synchronous delete without a store collects
 

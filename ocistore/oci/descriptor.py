@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -18,6 +18,12 @@ def _frozen_map(value: Mapping[str, str] | None) -> dict[str, str]:
     return dict(value or {})
 
 
+def _tuple(value: Iterable[str]) -> tuple[str, ...]:
+    # not ``converter=tuple``: attrs reads a converter's signature, and a builtin's costs
+    # inspect's tokenizer (its regexes compile in each fresh process)
+    return tuple(value)
+
+
 @attrs.frozen
 class Descriptor:
     """A typed pointer to content: media type, digest and size (and optional extras)."""
@@ -27,7 +33,7 @@ class Descriptor:
     size: int
     annotations: dict[str, str] = attrs.field(factory=dict, converter=_frozen_map, hash=False)
     platform: Platform | None = None
-    urls: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    urls: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     artifact_type: str | None = None
 
     @classmethod

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ocistore import errors
+from ocistore._lazy import lazy_module
+
+if TYPE_CHECKING:
+    import hashlib
+else:
+    hashlib = lazy_module("hashlib")  # OpenSSL loads when something is hashed, not on validating a digest
 
 __all__ = [
     "ALGORITHMS",

@@ -21,7 +21,6 @@ record (and an orphan directory that GC removes) or a record with its directory.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ocistore import _faults, errors
-from ocistore._files import allocated_bytes, fsync_dir, remove_tree
+from ocistore._files import allocated_bytes, fsync_dir, make_temp_dir, remove_tree
 from ocistore._lazy import lazy_module
 from ocistore._time import from_ns, now, to_ns
 from ocistore.layout import NEW_PREFIX, RootLayout
@@ -271,7 +270,7 @@ class SnapshotterBase:
         if exists:
             self._hold_existing(k, wanted)  # raises AlreadyExists unless it vanished meanwhile
             return self._create(kind, k, parent, labels)
-        tmp = Path(tempfile.mkdtemp(prefix=NEW_PREFIX, dir=self.dir))
+        tmp = make_temp_dir(self.dir, NEW_PREFIX)
         final: Path | None = None
         try:
             self._build(tmp, kind, parent_ids)

@@ -11,18 +11,26 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
 from ocistore import errors
+from ocistore._lazy import lazy_module
 from ocistore.images.image import ImageParts, image_parts
 from ocistore.metadata.containers import ContainerRecord, ContainerRecords, validate_id
 from ocistore.oci.platform import PlatformArg
 from ocistore.snapshots.types import Mount
-from ocistore.transfer import lazyread, lazyrootfs
 from ocistore.transfer.context import OperationContext, SnapshotterLookup
 from ocistore.transfer.progress import Progress, ProgressEvent
-from ocistore.transfer.unpack import unpack_parts
+
+if TYPE_CHECKING:
+    from ocistore.transfer import lazyread, lazyrootfs, unpack
+else:
+    # A create of an unpacked image needs neither the applier nor eStargz and FUSE.
+    lazyread = lazy_module("ocistore.transfer.lazyread")
+    lazyrootfs = lazy_module("ocistore.transfer.lazyrootfs")
+    unpack = lazy_module("ocistore.transfer.unpack")
 
 __all__ = ["Container", "Containers"]
 
@@ -123,7 +131,7 @@ class Containers:
                 return self._create_lazy(id, img.name, parts, snapshotter, labels)
             with ctx.lease():
                 # unpack_parts records the use and, over a snapshot budget, evicts other images
-                unpack_parts(ctx, parts, image_ref=img.name, snapshotter=snapshotter,
+                unpack.unpack_parts(ctx, parts, image_ref=img.name, snapshotter=snapshotter,
                              progress=Progress(progress))
                 sn.prepare(id, parts.chain_id)
         try:
