@@ -13,7 +13,10 @@ from ocistore import _time, errors
 from ocistore.metadata.db import DB, Txn, key, prefix, split_key
 from ocistore.metadata.labels import validate_labels
 
-__all__ = ["ContainerRecord", "ContainerRecords"]
+__all__ = ["LAZY_ROOTFS_LABEL", "ContainerRecord", "ContainerRecords"]
+
+LAZY_ROOTFS_LABEL = "ocistore.io/lazy-rootfs"
+"""Container label: the directory of its lazy rootfs helper (mount point ``mnt``, ``pid``, ``log``)."""
 
 
 @attrs.frozen

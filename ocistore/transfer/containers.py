@@ -18,7 +18,7 @@ import attrs
 from ocistore import errors
 from ocistore._lazy import lazy_module
 from ocistore.images.image import ImageParts, image_parts
-from ocistore.metadata.containers import ContainerRecord, ContainerRecords, validate_id
+from ocistore.metadata.containers import LAZY_ROOTFS_LABEL, ContainerRecord, ContainerRecords, validate_id
 from ocistore.oci.platform import PlatformArg
 from ocistore.snapshots.types import Mount
 from ocistore.transfer.context import OperationContext, SnapshotterLookup
@@ -46,7 +46,7 @@ class Container(ContainerRecord):
     @property
     def lazy(self) -> bool:
         """Whether the root filesystem is lazy (an overlay over a FUSE mount of the image's TOCs)."""
-        return lazyrootfs.LAZY_LABEL in self.labels
+        return LAZY_ROOTFS_LABEL in self.labels
 
     @property
     def mounts(self) -> list[Mount]:
@@ -75,7 +75,7 @@ class Containers:
     def _wrap(self, rec: ContainerRecord) -> Container:
         ctx = self._ctx
         restart = None
-        if lazyrootfs.LAZY_LABEL in rec.labels:
+        if LAZY_ROOTFS_LABEL in rec.labels:
             def restart() -> object:
                 return lazyrootfs.restart_helper(ctx.layout, ctx.namespace, rec.id)
         return Container(id=rec.id, image=rec.image, snapshotter=rec.snapshotter,
@@ -110,8 +110,8 @@ class Containers:
         """
         ctx = self._ctx
         validate_id(id)
-        if labels and lazyrootfs.LAZY_LABEL in labels:
-            raise errors.InvalidArgument(f"label {lazyrootfs.LAZY_LABEL} is set by lazy=True, not by the caller")
+        if labels and LAZY_ROOTFS_LABEL in labels:
+            raise errors.InvalidArgument(f"label {LAZY_ROOTFS_LABEL} is set by lazy=True, not by the caller")
         img = ctx.images.find(image)
         try:
             self._records.get(id)
@@ -175,7 +175,7 @@ class Containers:
 
     def delete(self, cid: str) -> None:
         """Delete the record and its active snapshot (a lazy one's FUSE helper is stopped first)."""
-        if lazyrootfs.LAZY_LABEL in self._records.get(cid).labels:
+        if LAZY_ROOTFS_LABEL in self._records.get(cid).labels:
             lazyrootfs.stop_helper(self._ctx.layout.lazy_dir(self._ctx.namespace, cid))
         rec = self._records.delete(cid)
         with contextlib.suppress(errors.NotFound):

@@ -39,12 +39,13 @@ from pathlib import Path
 from ocistore import errors
 from ocistore.content.locks import RefLock
 from ocistore.layout import RootLayout, work_of
+from ocistore.metadata.containers import LAZY_ROOTFS_LABEL
 from ocistore.mount import is_mounted, unmount
 from ocistore.snapshots.types import Mount
 
 __all__ = ["LAZY_LABEL", "fuse_missing", "lazy_mounts", "restart_helper", "serving", "start_helper", "stop_helper"]
 
-LAZY_LABEL = "ocistore.io/lazy-rootfs"
+LAZY_LABEL = LAZY_ROOTFS_LABEL
 """Container label: the directory of its lazy rootfs helper (mount point ``mnt``, ``pid``, ``log``)."""
 _READY_TIMEOUT = 120.0
 _STOP_TIMEOUT = 10.0
