@@ -150,15 +150,19 @@ class Applier:
             fd = create_file(path, mode & 0o777)
         try:
             write_file_data(fd, entry, reader)
-            policy = self.policy
-            if policy.chown:
+            # one fstat tells which of chown and chmod the new inode still needs (it was
+            # created by this process, so it carries our euid and the gid the kernel chose:
+            # egid, or the parent's under a setgid dir or a grpid mount), and gives the usage
+            st = os.fstat(fd)
+            if self.policy.chown and (st.st_uid != entry.uid or st.st_gid != entry.gid):
                 os.fchown(fd, entry.uid, entry.gid)
             if entry.xattrs:
                 set_xattrs(fd, entry, True)
-            if mode & policy.chmod_bits:
-                os.fchmod(fd, mode)
+                st = os.fstat(fd)  # an xattr may take a block of its own
+            if stat.S_IMODE(st.st_mode) != mode:  # bits the umask cleared, setuid/setgid/sticky
+                os.fchmod(fd, mode)  # after the chown, which would clear setuid/setgid
             os.utime(fd, ns=times_of(entry))
-            self.counter.file(rel, os.fstat(fd))
+            self.counter.file(rel, st)
         finally:
             os.close(fd)
         dedup = self.dedup

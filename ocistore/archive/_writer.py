@@ -29,26 +29,11 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 _IGNORED_XATTR_ERRNOS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
-def current_umask() -> int:
-    """The process umask, read without changing it (``/proc/self/status``)."""
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o777  # unknown: chmod every member explicitly
-
-
 class MetadataPolicy:
-    """What metadata to restore: ownership (``chown``), and which modes need a chmod."""
+    """What metadata to restore: ownership (``chown``) or not."""
 
     def __init__(self, chown: bool) -> None:
         self.chown = chown
-        # modes a plain open()/mkdir() cannot produce: bits the umask clears, and
-        # setuid/setgid/sticky (which chown clears)
-        self.chmod_bits = current_umask() | 0o7000
 
 
 def times_of(entry: TarEntry) -> tuple[int, int]:
