@@ -65,6 +65,16 @@ class Applier:
         self.entries = 0
         self.skipped_devices = 0
         self.counter = UsageCounter(root)  # what this apply allocates, for the snapshot's usage
+        # members are created relative to this descriptor of the root (``rel``, dir_fd=):
+        # the same real directories as ``root/rel``, without walking the root's own path each time
+        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.resolver.root_fd = self.root_fd
+
+    def close(self) -> None:
+        """Release the root's descriptor."""
+        if self.root_fd >= 0:
+            os.close(self.root_fd)
+            self.root_fd = self.resolver.root_fd = -1
 
     # -- driver ----------------------------------------------------------------------------
 
@@ -144,10 +154,10 @@ class Applier:
         self._replacing(rel)
         mode = entry.mode
         try:
-            fd = create_file(path, mode & 0o777)
+            fd = create_file(rel, mode & 0o777, self.root_fd)
         except IsADirectoryError:
             self._clear(rel, path)
-            fd = create_file(path, mode & 0o777)
+            fd = create_file(rel, mode & 0o777, self.root_fd)
         try:
             write_file_data(fd, entry, reader)
             # one fstat tells which of chown and chmod the new inode still needs (it was
@@ -173,7 +183,7 @@ class Applier:
     def _directory(self, entry: TarEntry, rel: str, path: str) -> None:
         opaque = False
         try:
-            os.mkdir(path, 0o700)
+            os.mkdir(rel, 0o700, dir_fd=self.root_fd)
         except FileExistsError:
             st = os.lstat(path)
             if not stat.S_ISDIR(st.st_mode):
@@ -185,18 +195,18 @@ class Applier:
             self.resolver.note_upper_dir(rel)
             if opaque:  # whited out earlier in this layer, recreated: hide the lower dirs
                 _whiteouts.set_opaque(self, rel, entry.name)
-        self._metadata(entry, path, regular_or_dir=True)
+        self._metadata(entry, rel, path, regular_or_dir=True)
         self.dir_times.append((rel, *times_of(entry)))
         self.counter.directory(rel)
 
     def _symlink(self, entry: TarEntry, rel: str, path: str) -> None:
         self._replacing(rel)
         try:
-            os.symlink(entry.linkname, path)
+            os.symlink(entry.linkname, rel, dir_fd=self.root_fd)
         except FileExistsError:
             self._clear(rel, path)
-            os.symlink(entry.linkname, path)
-        self._metadata(entry, path, regular_or_dir=False, chmod=False)
+            os.symlink(entry.linkname, rel, dir_fd=self.root_fd)
+        self._metadata(entry, rel, path, regular_or_dir=False, chmod=False)
         self.counter.other(rel)
 
     def _hardlink(self, entry: TarEntry, rel: str, path: str) -> None:
@@ -247,20 +257,21 @@ class Applier:
                 raise
             self.skipped_devices += 1  # no CAP_MKNOD after all (user namespace, container)
             return False
-        self._metadata(entry, path, regular_or_dir=False)
+        self._metadata(entry, rel, path, regular_or_dir=False)
         self.counter.other(rel)
         return True
 
-    def _metadata(self, entry: TarEntry, path: str, *, regular_or_dir: bool, chmod: bool = True) -> None:
-        """Owner, xattrs, mode and times on a path (never following a final symlink)."""
+    def _metadata(self, entry: TarEntry, rel: str, path: str, *, regular_or_dir: bool, chmod: bool = True) -> None:
+        """Owner, xattrs, mode and times on ``rel`` = ``path`` (never following a final symlink)."""
+        root_fd = self.root_fd
         if self.policy.chown:
-            os.lchown(path, entry.uid, entry.gid)
+            os.chown(rel, entry.uid, entry.gid, dir_fd=root_fd, follow_symlinks=False)
         if entry.xattrs:
             set_xattrs(path, entry, regular_or_dir)
-        if chmod:  # path is what this member just created, never a symlink
-            os.chmod(path, entry.mode)
+        if chmod:  # what this member just created, never a symlink
+            os.chmod(rel, entry.mode, dir_fd=root_fd)
         if entry.type != TYPE_DIR:
-            os.utime(path, ns=times_of(entry), follow_symlinks=False)
+            os.utime(rel, ns=times_of(entry), dir_fd=root_fd, follow_symlinks=False)
 
     # -- parents and directory times -----------------------------------------------------------
 
@@ -288,7 +299,7 @@ class Applier:
             if verify and not self._is_real_dir(rel):
                 continue
             try:
-                os.utime(f"{self.root}/{rel}", ns=(atime, mtime), follow_symlinks=False)
+                os.utime(rel, ns=(atime, mtime), dir_fd=self.root_fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
 

@@ -59,19 +59,20 @@ def remove_path(path: str) -> bool:
     return False
 
 
-def create_file(path: str, mode: int) -> int:
+def create_file(path: str, mode: int, dir_fd: int | None = None) -> int:
     """Open a new file exclusively (never through a symlink); replace a non-directory.
 
-    Raises IsADirectoryError when a directory is in the way (the caller decides).
+    ``path`` is relative to ``dir_fd`` when given. Raises IsADirectoryError when a
+    directory is in the way (the caller decides).
     """
     try:
-        return os.open(path, _FILE_FLAGS, mode)
+        return os.open(path, _FILE_FLAGS, mode, dir_fd=dir_fd)
     except FileExistsError:
-        st = os.lstat(path)
+        st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "a directory is in the way", path) from None
-        os.unlink(path)
-        return os.open(path, _FILE_FLAGS, mode)
+        os.unlink(path, dir_fd=dir_fd)
+        return os.open(path, _FILE_FLAGS, mode, dir_fd=dir_fd)
 
 
 def write_file_data(fd: int, entry: TarEntry, reader: TarReader) -> None:
