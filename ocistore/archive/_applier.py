@@ -191,6 +191,7 @@ class Applier:
                 os.unlink(path)
                 self._replacing(rel)
                 os.mkdir(path, 0o700)
+        self.resolver.note_dir(rel)
         if self.overlay:
             self.resolver.note_upper_dir(rel)
             if opaque:  # whited out earlier in this layer, recreated: hide the lower dirs

@@ -95,6 +95,15 @@ class Resolver:
         if layers is not None and 0 not in layers:
             self.invalidate()
 
+    def note_dir(self, rel: str) -> None:
+        """``rel`` is a real directory of the root now (the caller made sure of it).
+
+        With no lower dirs that is all the merged view holds there: cached, so that the
+        members below it do not look it up again.
+        """
+        if len(self.layers) == 1:
+            self._dirs[rel] = self._all
+
     def parent(self, parts: list[str], member: str, create: bool = True) -> str | None:
         """Real path of the directory holding the member whose cleaned components are ``parts``.
 
