@@ -549,3 +549,36 @@ def test_blob_digest_can_be_skipped(tmp_path: Path) -> None:
     wrong = "sha256:" + "0" * 64
     with pytest.raises(errors.DigestMismatch):
         apply_layer(io.BytesIO(blob), tmp_path / "b", expected_diff_id=wrong, blob_digest=False)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="chown needs root")
+def test_owner_restored_when_a_setgid_parent_gives_another_group(tmp_path: Path) -> None:
+    # a new file takes a setgid parent's group: the applier must notice and chown it back,
+    # and keep the setuid/setgid bits a chown would clear
+    b = TarBuilder()
+    for name, kind, mode, gid in (
+        ("sg", tarfile.DIRTYPE, 0o2775, 50),
+        ("sg/root", tarfile.REGTYPE, 0o644, 0),
+        ("sg/group", tarfile.REGTYPE, 0o644, 50),
+        ("sg/suid", tarfile.REGTYPE, 0o4755, 0),
+        ("sg/sgid", tarfile.REGTYPE, 0o2755, 50),
+        ("sg/sub", tarfile.DIRTYPE, 0o755, 0),
+        ("sg/sub/f", tarfile.REGTYPE, 0o600, 0),
+    ):
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.uid, info.gid, info.mtime = kind, mode, 0, gid, 1
+        b.tf.addfile(info, io.BytesIO(b""))
+    apply_bytes(b.bytes(), tmp_path)
+    got = {}
+    for rel in ("sg", "sg/root", "sg/group", "sg/suid", "sg/sgid", "sg/sub", "sg/sub/f"):
+        st = os.lstat(tmp_path / rel)
+        got[rel] = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+    assert got == {
+        "sg": (0, 50, 0o2775),
+        "sg/root": (0, 0, 0o644),
+        "sg/group": (0, 50, 0o644),
+        "sg/suid": (0, 0, 0o4755),
+        "sg/sgid": (0, 50, 0o2755),
+        "sg/sub": (0, 0, 0o755),
+        "sg/sub/f": (0, 0, 0o600),
+    }

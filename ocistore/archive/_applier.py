@@ -67,6 +67,16 @@ class Applier:
         self.skipped_devices = 0
         self.counter = UsageCounter(root)  # what this apply allocates, for the snapshot's usage
         self.implicit_dirs: list[str] = []  # parents created with no lower dir to copy (``adopt_lower_parents``)
+        # members are created relative to this descriptor of the root (``rel``, dir_fd=):
+        # the same real directories as ``root/rel``, without walking the root's own path each time
+        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.resolver.root_fd = self.root_fd
+
+    def close(self) -> None:
+        """Release the root's descriptor."""
+        if self.root_fd >= 0:
+            os.close(self.root_fd)
+            self.root_fd = self.resolver.root_fd = -1
 
     # -- driver ----------------------------------------------------------------------------
 
@@ -146,21 +156,25 @@ class Applier:
         self._replacing(rel)
         mode = entry.mode
         try:
-            fd = create_file(path, mode & 0o777)
+            fd = create_file(rel, mode & 0o777, self.root_fd)
         except IsADirectoryError:
             self._clear(rel, path)
-            fd = create_file(path, mode & 0o777)
+            fd = create_file(rel, mode & 0o777, self.root_fd)
         try:
             write_file_data(fd, entry, reader)
-            policy = self.policy
-            if policy.chown:
+            # one fstat tells which of chown and chmod the new inode still needs (it was
+            # created by this process, so it carries our euid and the gid the kernel chose:
+            # egid, or the parent's under a setgid dir or a grpid mount), and gives the usage
+            st = os.fstat(fd)
+            if self.policy.chown and (st.st_uid != entry.uid or st.st_gid != entry.gid):
                 os.fchown(fd, entry.uid, entry.gid)
             if entry.xattrs:
                 set_xattrs(fd, entry, True)
-            if mode & policy.chmod_bits:
-                os.fchmod(fd, mode)
+                st = os.fstat(fd)  # an xattr may take a block of its own
+            if stat.S_IMODE(st.st_mode) != mode:  # bits the umask cleared, setuid/setgid/sticky
+                os.fchmod(fd, mode)  # after the chown, which would clear setuid/setgid
             os.utime(fd, ns=times_of(entry))
-            self.counter.file(rel, os.fstat(fd))
+            self.counter.file(rel, st)
         finally:
             os.close(fd)
         dedup = self.dedup
@@ -171,7 +185,7 @@ class Applier:
     def _directory(self, entry: TarEntry, rel: str, path: str) -> None:
         opaque = False
         try:
-            os.mkdir(path, 0o700)
+            os.mkdir(rel, 0o700, dir_fd=self.root_fd)
         except FileExistsError:
             st = os.lstat(path)
             if not stat.S_ISDIR(st.st_mode):
@@ -179,22 +193,23 @@ class Applier:
                 os.unlink(path)
                 self._replacing(rel)
                 os.mkdir(path, 0o700)
+        self.resolver.note_dir(rel)
         if self.overlay:
             self.resolver.note_upper_dir(rel)
             if opaque:  # whited out earlier in this layer, recreated: hide the lower dirs
                 _whiteouts.set_opaque(self, rel, entry.name)
-        self._metadata(entry, path, regular_or_dir=True)
+        self._metadata(entry, rel, path, regular_or_dir=True)
         self.dir_times.append((rel, *times_of(entry)))
         self.counter.directory(rel)
 
     def _symlink(self, entry: TarEntry, rel: str, path: str) -> None:
         self._replacing(rel)
         try:
-            os.symlink(entry.linkname, path)
+            os.symlink(entry.linkname, rel, dir_fd=self.root_fd)
         except FileExistsError:
             self._clear(rel, path)
-            os.symlink(entry.linkname, path)
-        self._metadata(entry, path, regular_or_dir=False, chmod=False)
+            os.symlink(entry.linkname, rel, dir_fd=self.root_fd)
+        self._metadata(entry, rel, path, regular_or_dir=False, chmod=False)
         self.counter.other(rel)
 
     def _hardlink(self, entry: TarEntry, rel: str, path: str) -> None:
@@ -245,20 +260,21 @@ class Applier:
                 raise
             self.skipped_devices += 1  # no CAP_MKNOD after all (user namespace, container)
             return False
-        self._metadata(entry, path, regular_or_dir=False)
+        self._metadata(entry, rel, path, regular_or_dir=False)
         self.counter.other(rel)
         return True
 
-    def _metadata(self, entry: TarEntry, path: str, *, regular_or_dir: bool, chmod: bool = True) -> None:
-        """Owner, xattrs, mode and times on a path (never following a final symlink)."""
+    def _metadata(self, entry: TarEntry, rel: str, path: str, *, regular_or_dir: bool, chmod: bool = True) -> None:
+        """Owner, xattrs, mode and times on ``rel`` = ``path`` (never following a final symlink)."""
+        root_fd = self.root_fd
         if self.policy.chown:
-            os.lchown(path, entry.uid, entry.gid)
+            os.chown(rel, entry.uid, entry.gid, dir_fd=root_fd, follow_symlinks=False)
         if entry.xattrs:
             set_xattrs(path, entry, regular_or_dir)
-        if chmod:  # path is what this member just created, never a symlink
-            os.chmod(path, entry.mode)
+        if chmod:  # what this member just created, never a symlink
+            os.chmod(rel, entry.mode, dir_fd=root_fd)
         if entry.type != TYPE_DIR:
-            os.utime(path, ns=times_of(entry), follow_symlinks=False)
+            os.utime(rel, ns=times_of(entry), dir_fd=root_fd, follow_symlinks=False)
 
     # -- parents and directory times -----------------------------------------------------------
 
@@ -282,7 +298,7 @@ class Applier:
             if verify and not self._is_real_dir(rel):
                 continue
             try:
-                os.utime(f"{self.root}/{rel}", ns=(atime, mtime), follow_symlinks=False)
+                os.utime(rel, ns=(atime, mtime), dir_fd=self.root_fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
 

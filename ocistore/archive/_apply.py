@@ -137,7 +137,10 @@ def apply_layer(
         reader = TarReader(chunks) if verifier is None else EStargzTarReader(chunks, verifier)
         applier = Applier(root_path, overlay=overlay, lower_dirs=lowers, chown=chown, devices=devices,
                           dedup=dedup)
-        applier.apply_all(reader)
+        try:
+            applier.apply_all(reader)
+        finally:
+            applier.close()
         reader.drain()  # trailing bytes after the archive end are part of the diffID
     finally:
         pipeline.close()

@@ -53,9 +53,9 @@ def _is_opaque(path: str) -> bool:
     return False
 
 
-def _lstat(path: str) -> os.stat_result | None:
+def _lstat(path: str, dir_fd: int | None = None) -> os.stat_result | None:
     try:
-        return os.lstat(path)
+        return os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
     except NotADirectoryError:
@@ -78,6 +78,7 @@ class Resolver:
         self._dirs: dict[str, tuple[int, ...]] = {"": self._all}
         self._aliases: dict[str, str] = {"": ""}  # cleaned parent name -> real path
         self._on_create = on_create
+        self.root_fd = -1  # a descriptor of the root, when the caller has one: lookups relative to it
 
     def invalidate(self) -> None:
         """Forget every cached resolution (after removals, whiteouts, opaque changes)."""
@@ -93,6 +94,15 @@ class Resolver:
         layers = self._dirs.get(rel)
         if layers is not None and 0 not in layers:
             self.invalidate()
+
+    def note_dir(self, rel: str) -> None:
+        """``rel`` is a real directory of the root now (the caller made sure of it).
+
+        With no lower dirs that is all the merged view holds there: cached, so that the
+        members below it do not look it up again.
+        """
+        if len(self.layers) == 1:
+            self._dirs[rel] = self._all
 
     def parent(self, parts: list[str], member: str, create: bool = True) -> str | None:
         """Real path of the directory holding the member whose cleaned components are ``parts``.
@@ -170,7 +180,7 @@ class Resolver:
         dirs: list[int] = []
         for index in parent_layers:
             path = os.path.join(self.layers[index], rel)
-            st = _lstat(path)
+            st = _lstat(rel, self.root_fd) if index == 0 and self.root_fd >= 0 else _lstat(path)
             if st is None:
                 continue
             if stat.S_ISDIR(st.st_mode):
@@ -190,7 +200,10 @@ class Resolver:
     def _mkdir(self, rel: str, template_layer: int | None, member: str) -> None:
         path = os.path.join(self.root, rel)
         try:
-            os.mkdir(path, 0o755)
+            if self.root_fd >= 0:
+                os.mkdir(rel, 0o755, dir_fd=self.root_fd)
+            else:
+                os.mkdir(path, 0o755)
         except FileExistsError:
             st = os.lstat(path)
             if stat.S_ISDIR(st.st_mode):

@@ -27,21 +27,23 @@ class UsageCounter:
         with os.scandir(root) as listing:
             self.exact = next(listing, None) is None  # only an empty root is all this layer's
         self._files: dict[int, int] = {}  # inode -> allocated bytes, regular files
-        self._others: set[str] = set()  # symlinks, hard links, devices, fifos, whiteouts
+        self._names: set[str] = set()  # every non-directory written (a second write is doubtful)
+        self._others: list[str] = []  # symlinks, hard links, devices, fifos, whiteouts: lstat-ed at the end
         self._dirs: set[str] = set()
 
     def file(self, rel: str, st: os.stat_result) -> None:
         """A regular file was written at ``rel`` (``st``: its fstat after the last change)."""
-        self._other(rel)
+        self._name(rel)
         self._files[st.st_ino] = st.st_blocks * 512
 
     def other(self, rel: str) -> None:
         """A non-directory other than a regular file was created at ``rel``."""
-        self._other(rel)
+        self._name(rel)
+        self._others.append(rel)
 
     def directory(self, rel: str) -> None:
         """A directory was created (or written again) at ``rel``."""
-        if rel in self._others:
+        if rel in self._names:
             self.exact = False  # a file was replaced by a directory
         self._dirs.add(rel)
 
@@ -49,10 +51,10 @@ class UsageCounter:
         """Something was removed or replaced: the count can no longer be trusted."""
         self.exact = False
 
-    def _other(self, rel: str) -> None:
-        if rel in self._others or rel in self._dirs:
+    def _name(self, rel: str) -> None:
+        if rel in self._names or rel in self._dirs:
             self.exact = False
-        self._others.add(rel)
+        self._names.add(rel)
 
     def result(self) -> tuple[int, int] | None:
         """``(allocated bytes, inodes)`` of the root, or None when it must be walked."""

@@ -29,26 +29,11 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 _IGNORED_XATTR_ERRNOS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
-def current_umask() -> int:
-    """The process umask, read without changing it (``/proc/self/status``)."""
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o777  # unknown: chmod every member explicitly
-
-
 class MetadataPolicy:
-    """What metadata to restore: ownership (``chown``), and which modes need a chmod."""
+    """What metadata to restore: ownership (``chown``) or not."""
 
     def __init__(self, chown: bool) -> None:
         self.chown = chown
-        # modes a plain open()/mkdir() cannot produce: bits the umask clears, and
-        # setuid/setgid/sticky (which chown clears)
-        self.chmod_bits = current_umask() | 0o7000
 
 
 def times_of(entry: TarEntry) -> tuple[int, int]:
@@ -74,19 +59,20 @@ def remove_path(path: str) -> bool:
     return False
 
 
-def create_file(path: str, mode: int) -> int:
+def create_file(path: str, mode: int, dir_fd: int | None = None) -> int:
     """Open a new file exclusively (never through a symlink); replace a non-directory.
 
-    Raises IsADirectoryError when a directory is in the way (the caller decides).
+    ``path`` is relative to ``dir_fd`` when given. Raises IsADirectoryError when a
+    directory is in the way (the caller decides).
     """
     try:
-        return os.open(path, _FILE_FLAGS, mode)
+        return os.open(path, _FILE_FLAGS, mode, dir_fd=dir_fd)
     except FileExistsError:
-        st = os.lstat(path)
+        st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "a directory is in the way", path) from None
-        os.unlink(path)
-        return os.open(path, _FILE_FLAGS, mode)
+        os.unlink(path, dir_fd=dir_fd)
+        return os.open(path, _FILE_FLAGS, mode, dir_fd=dir_fd)
 
 
 def write_file_data(fd: int, entry: TarEntry, reader: TarReader) -> None:
