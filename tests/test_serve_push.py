@@ -88,7 +88,14 @@ def test_ocistore_pushes_into_a_served_store(source: Store, target: tuple[Store,
 def test_a_second_push_uploads_nothing_the_namespace_holds(source: Store, target: tuple[Store, Any]) -> None:
     _store, srv = target
     source.push(DEBIAN, f"{srv.address}/a/debian:1", plain_http=True)
+    # the server counts a request after its response is written: let the first push's counts land
     before = srv.stats.snapshot()
+    while True:
+        time.sleep(0.2)
+        settled = srv.stats.snapshot()
+        if settled == before:
+            break
+        before = settled
     source.push(DEBIAN, f"{srv.address}/b/debian:1", plain_http=True, mount_from=("a/debian",))
     # the server counts a request after its response is written: let the last count land
     deadline = time.monotonic() + 5
