@@ -169,7 +169,8 @@ def layer_sources(ctx: OperationContext, parts: ImageParts, image: str = "",
         if not ctx.content.exists(desc.digest):
             if isinstance(ctx.content, PartialStore) and _is_partial(ctx.content, desc.digest):  # fetched lazily
                 try:
-                    sources.append(lazyfetch.remote_source(ctx, image, desc))
+                    sources.append(lazyfetch.remote_source(ctx, image, desc,
+                                                           toc=None if tocs is None else tocs[index]))
                 except BaseException:
                     close_sources(sources)
                     raise
