@@ -11,7 +11,8 @@ Usage (as root, from the project root):
 A real registry (the fixture kit's ``registry`` script, plain HTTP on 127.0.0.1) is started.
 Each image (``ml:big`` from ``--big-layout``, a layout made by ``build-images --big``) is
 converted to eStargz once (gzip ``--level``, chunks of ``--chunk-kib``), with the files its
-start opens as ``prioritized_files``, and pushed. The workloads are derived by
+start reads in full as ``prioritized_files`` (not those it reads a part of, such as the shared
+libraries the loader maps), and pushed. The workloads are derived by
 ``benches/lazy_workloads.py`` and committed in ``benches/lazy_workloads/`` (``app:layers``:
 ``python3 -c pass``; ``ml:big``: ``import torch``; ``debian:gzip``: ``sh -c true``):
 ``<tag>.txt`` lists the files the start opens (strace), ``<tag>.ranges.json`` the byte
@@ -81,6 +82,16 @@ def workload(tag: str) -> list[str]:
     return (HERE / "lazy_workloads" / f"{tag.replace(':', '-')}.txt").read_text().split()
 
 
+def prioritized(tag: str) -> list[str]:
+    """The files the start reads in full, in the order it opens them: the conversion's
+    ``prioritized_files`` (before the landmark, fetched in one request by a lazy create). A
+    file it reads a part of (a shared library the loader maps) is left to on-demand reads."""
+    doc = json.loads((HERE / "lazy_workloads" / f"{tag.replace(':', '-')}.ranges.json").read_text())
+    files = doc["files"]
+    return [f for f in workload(tag) if f in files and files[f]["size"] > 0
+            and files[f]["ranges"] == [[0, files[f]["size"]]]]
+
+
 def workload_ranges(tag: str) -> Ranges:
     """The byte ranges of them the start read."""
     doc = json.loads((HERE / "lazy_workloads" / f"{tag.replace(':', '-')}.ranges.json").read_text())
@@ -129,7 +140,7 @@ class RegistryLog:
 
 def prepare(reg: C.LocalRegistry, work: Path, layout: str, tag: str, level: int, chunk: int) -> tuple[str, int]:
     """Convert ``tag`` of ``layout`` to eStargz (prioritized: its workload), push it; (ref, image bytes)."""
-    dst = f"lazy/{tag.replace(':', '-')}:esgz-{chunk >> 10}k-l{level}"
+    dst = f"lazy/{tag.replace(':', '-')}:esgz-{chunk >> 10}k-l{level}-p"
     marker = reg.dir / f"pushed-{dst.replace('/', '-').replace(':', '-')}.json"
     if marker.exists():  # converted and pushed by an earlier run into the same registry dir
         done = json.loads(marker.read_text())
@@ -139,7 +150,7 @@ def prepare(reg: C.LocalRegistry, work: Path, layout: str, tag: str, level: int,
     with Store(root, plain_http=True) as store:
         store.import_archive(layout, fetch_only=True)
         t = time.monotonic()
-        image = store.convert(f"docker.io/library/{tag}", dst=dst, prioritized_files=workload(tag),
+        image = store.convert(f"docker.io/library/{tag}", dst=dst, prioritized_files=prioritized(tag),
                               compression_level=level, chunk_size=chunk)
         C.log(f"{tag}: converted in {time.monotonic() - t:.1f} s (chunks of {chunk >> 10} KiB)")
         ref = reg.ref(dst)

@@ -176,6 +176,15 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         end = min(node.size, offset + size)
         out: list[bytes] = []
         i = max(0, bisect.bisect_right(starts, offset) - 1)
+        last = bisect.bisect_left(starts, end) - 1
+        if last > i:  # several chunks: fetch the missing ones together (one ranged request when adjacent)
+            missing = [c for c in node.chunks[i:last + 1] if self._cache.get((node.layer, c.offset, c.inner_offset))
+                       is None]
+            if len(missing) > 1:
+                try:
+                    self.image.sources[node.layer].prefetch(missing)
+                except errors.Error as exc:
+                    print(f"ocistore lazyfs: prefetching chunks of {path!r}: {exc}", file=sys.stderr, flush=True)
         while i < len(node.chunks) and node.chunks[i].start < end:
             chunk = node.chunks[i]
             if chunk.start + chunk.size > offset:
