@@ -455,7 +455,8 @@ class RemoteLayerSource:
         return result
 
     def _has(self, chunk: Chunk) -> bool:
-        return self._cached(chunk) is not None
+        """Whether the cache holds the chunk (checked when it is read: a bad entry is fetched again then)."""
+        return self._layout.chunk_path(self._desc.digest, chunk.digest).exists()
 
     def _cached(self, chunk: Chunk) -> bytes | None:
         path = self._layout.chunk_path(self._desc.digest, chunk.digest)
