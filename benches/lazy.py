@@ -1,50 +1,60 @@
 #!/usr/bin/env python3
-"""HelloBench-style lazy pulling benchmark: bytes downloaded and time until a start's files are readable.
+"""HelloBench-style lazy pulling benchmark: bytes downloaded and time until a start's reads are done.
 
 Usage (as root, from the project root):
 
     python benches/lazy.py [--images debian:gzip app:layers ml:big] [--repeat 3]
-                           [--big-layout DIR] [--work /var/tmp/ocistore-bench-lazy]
-                           [--out benches/out] [--level 6] [--lazy-fetch]
+                           [--big-layout DIR] [--work /var/tmp/ocistore-bench-lazy] [--port 5072]
+                           [--out benches/out] [--level 6] [--chunk-kib 4096]
+                           [--modes ...] [--import-torch]
 
 A real registry (the fixture kit's ``registry`` script, plain HTTP on 127.0.0.1) is started.
 Each image (``ml:big`` from ``--big-layout``, a layout made by ``build-images --big``) is
-converted to eStargz once, with its start workload as ``prioritized_files``, and pushed.
-The workload is the list of files a start opens, derived with strace by
+converted to eStargz once (gzip ``--level``, chunks of ``--chunk-kib``), with the files its
+start reads in full as ``prioritized_files`` (not those it reads a part of, such as the shared
+libraries the loader maps), and pushed. The workloads are derived by
 ``benches/lazy_workloads.py`` and committed in ``benches/lazy_workloads/`` (``app:layers``:
-``python3 -c pass``; ``ml:big``: ``import torch``; ``debian:gzip``: ``sh -c true``).
+``python3 -c pass``; ``ml:big``: ``import torch``; ``debian:gzip``: ``sh -c true``):
+``<tag>.txt`` lists the files the start opens (strace), ``<tag>.ranges.json`` the byte
+ranges of them it read (the pages resident after a start from a dropped page cache).
+The workload replayed is those ranges: for each file, open, and for each range seek + read.
 
 Then, for each image and repetition, from a fresh store root every time, in this process:
 
-* ``pull``: ``store.pull`` -> ``containers.create`` -> mount -> read every workload file;
-* ``fetch + lazy unpack``: ``store.fetch`` -> ``containers.create`` (unpacks) -> mount -> read;
-* ``lazy fetch + on-demand reads``: fetch, then ``store.read_file`` of every workload file;
-* ``lazy fetch + prefetch landmark``: fetch, then ``containers.create(lazy=True)`` (FUSE
-  rootfs; the prioritized files are read before it returns) -> mount -> read through it.
+* ``pull``: ``store.pull`` -> ``containers.create`` -> mount -> replay the ranges;
+* ``fetch + lazy unpack``: ``store.fetch`` -> ``containers.create`` (unpacks) -> mount -> replay;
+* ``lazy fetch + on-demand reads``: ``store.fetch(lazy=True)``, then replay through
+  ``store.open_file`` (each range read fetches the chunks covering it);
+* ``lazy fetch + on-demand reads, whole files`` (``--modes``): the same reading every opened
+  file in full (the workload of the first run of this bench);
+* ``lazy fetch + prefetch landmark``: fetch lazily, ``containers.create(lazy=True, fill=False)``
+  (FUSE rootfs; the prioritized files are fetched before it returns; no background unpack)
+  -> mount -> replay through it.
 
-The last two modes need ``store.fetch(ref, lazy=True)`` to fetch only footers, TOCs and
-chunks. Until it exists (``--lazy-fetch`` says whether it does; without it, or when
-``fetch`` has no ``lazy`` parameter, the mode reports "not available"), they run on the
-local source: the blobs are fetched whole *before* the clock starts, and "bytes
-downloaded" is computed from the TOCs as what a range-fetching source transfers: manifest,
-config, each layer's TOC member and footer, the prefetch range ``[0, landmark)`` of each
-layer (prefetch mode), and the compressed span of every chunk read (from its gzip member's
-offset to the next member). Times then include no network transfer for those modes.
+``--import-torch`` (ml:big) adds two real starts, timed from the fetch to the end of a
+``python3.11 -c "import torch"`` child (the host's interpreter, ``sys.path`` pointing at the
+rootfs's site-packages; torch's pure-Python dependencies from the host): ``pull + import torch``
+(pull, create, mount) and ``lazy fetch + FUSE + import torch`` (lazy fetch, ``create(lazy=True,
+fill=False)``, mount).
+
+Bytes downloaded: what the registry sent during the mode's window, summed from its access log
+(the response sizes of every request: manifests, configs, blobs, ranges; no HTTP headers).
 Results: medians with min-max, written to OUT/lazy.json and OUT/lazy.md and printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
-import inspect
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -53,93 +63,114 @@ sys.path.insert(0, str(HERE.parent))
 import common as C  # noqa: E402
 
 from ocistore import Store  # noqa: E402
-from ocistore import estargz as esgz  # noqa: E402
 from ocistore.mount import mount, unmount  # noqa: E402
-from ocistore.transfer import lazyread  # noqa: E402
 
-MODES = ["pull", "fetch + lazy unpack", "lazy fetch + on-demand reads", "lazy fetch + prefetch landmark"]
+PULL, UNPACK, ONDEMAND, WHOLE, LANDMARK = (
+    "pull", "fetch + lazy unpack", "lazy fetch + on-demand reads", "lazy fetch + on-demand reads, whole files",
+    "lazy fetch + prefetch landmark")
+MODES = [PULL, UNPACK, ONDEMAND, LANDMARK]
+IMPORT_PULL, IMPORT_LAZY = "pull + import torch", "lazy fetch + FUSE + import torch"
+ALL_MODES = [PULL, UNPACK, ONDEMAND, WHOLE, LANDMARK, IMPORT_PULL, IMPORT_LAZY]
+SITE = "opt/venv/lib/python3.11/site-packages"
+PYTHON = "python3.11"
+
+Ranges = dict[str, list[tuple[int, int]]]
 
 
 def workload(tag: str) -> list[str]:
+    """The files the start opens (convert's prioritized files)."""
     return (HERE / "lazy_workloads" / f"{tag.replace(':', '-')}.txt").read_text().split()
 
 
-def has_lazy_fetch() -> bool:
-    return "lazy" in inspect.signature(Store.fetch).parameters
+def prioritized(tag: str) -> list[str]:
+    """The files the start reads in full, in the order it opens them: the conversion's
+    ``prioritized_files`` (before the landmark, fetched in one request by a lazy create). A
+    file it reads a part of (a shared library the loader maps) is left to on-demand reads."""
+    doc = json.loads((HERE / "lazy_workloads" / f"{tag.replace(':', '-')}.ranges.json").read_text())
+    files = doc["files"]
+    return [f for f in workload(tag) if f in files and files[f]["size"] > 0
+            and files[f]["ranges"] == [[0, files[f]["size"]]]]
+
+
+def workload_ranges(tag: str) -> Ranges:
+    """The byte ranges of them the start read."""
+    doc = json.loads((HERE / "lazy_workloads" / f"{tag.replace(':', '-')}.ranges.json").read_text())
+    return {f: [(int(a), int(b)) for a, b in v["ranges"]] for f, v in doc["files"].items()}
+
+
+def replay(opener: Callable[[str], IO[bytes]], ranges: Ranges) -> int:
+    """Open every file and read its ranges (seek + read); the bytes read."""
+    n = 0
+    for f, rs in ranges.items():
+        with opener(f) as fh:
+            for start, end in rs:
+                fh.seek(start)
+                n += len(fh.read(end - start))
+    return n
+
+
+class RegistryLog:
+    """Bytes the registry sent, from its access log: ``mark()`` then ``since()``."""
+
+    _LINE = re.compile(r'"(?:GET|HEAD) \S+ HTTP/[\d.]+" (\d{3}) (\d+|-)')
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._at = 0
+
+    def mark(self) -> None:
+        self._at = self.path.stat().st_size
+
+    def since(self) -> tuple[int, int]:
+        """(bytes, requests) logged since the mark (after a short wait: a line is written when its
+        response is done)."""
+        time.sleep(0.3)
+        with open(self.path, "rb") as f:
+            f.seek(self._at)
+            text = f.read().decode(errors="replace")
+        total = requests = 0
+        for m in self._LINE.finditer(text):
+            requests += 1
+            total += int(m.group(2)) if m.group(2) != "-" else 0
+        return total, requests
 
 
 # -- setup: convert and push ---------------------------------------------------------------------
 
 
-def prepare(reg: C.LocalRegistry, work: Path, layout: str, tag: str, level: int) -> tuple[str, int]:
+def prepare(reg: C.LocalRegistry, work: Path, layout: str, tag: str, level: int, chunk: int) -> tuple[str, int]:
     """Convert ``tag`` of ``layout`` to eStargz (prioritized: its workload), push it; (ref, image bytes)."""
+    dst = f"lazy/{tag.replace(':', '-')}:esgz-{chunk >> 10}k-l{level}-p"
+    marker = reg.dir / f"pushed-{dst.replace('/', '-').replace(':', '-')}.json"
+    if marker.exists():  # converted and pushed by an earlier run into the same registry dir
+        done = json.loads(marker.read_text())
+        return reg.ref(dst), int(done["size"])
     root = work / f"setup-{tag.replace(':', '-')}"
     shutil.rmtree(root, ignore_errors=True)
     with Store(root, plain_http=True) as store:
         store.import_archive(layout, fetch_only=True)
         t = time.monotonic()
-        image = store.convert(f"docker.io/library/{tag}", dst=f"lazy/{tag.replace(':', '-')}:esgz",
-                              prioritized_files=workload(tag), compression_level=level)
-        C.log(f"{tag}: converted in {time.monotonic() - t:.1f} s")
-        ref = reg.ref(f"lazy/{tag.replace(':', '-')}:esgz")
+        image = store.convert(f"docker.io/library/{tag}", dst=dst, prioritized_files=prioritized(tag),
+                              compression_level=level, chunk_size=chunk)
+        C.log(f"{tag}: converted in {time.monotonic() - t:.1f} s (chunks of {chunk >> 10} KiB)")
+        ref = reg.ref(dst)
         store.push(image.name, ref)
         size = store.image_size(image.name)
     shutil.rmtree(root, ignore_errors=True)
+    marker.write_text(json.dumps({"ref": ref, "size": size}))
     return ref, size
-
-
-# -- bytes a range-fetching source would transfer -----------------------------------------------------
-
-
-class RangeBytes:
-    """Per layer: TOC member + footer, and the compressed span of each chunk (to the next member)."""
-
-    def __init__(self, store: Store, image: lazyread.LazyImage, parts_sizes: int) -> None:
-        self.total = parts_sizes  # manifest + config
-        self._layers = []
-        for source in image.sources:
-            desc = store.content.info(source.layer_digest)
-            with store.content.open(source.layer_digest) as f:
-                tb = esgz.read_toc_blob(f, desc.size)
-            toc = source.toc()
-            offsets = sorted({c.offset for _e, cs in toc.files() for c in cs} | {tb.toc_offset})
-            landmark = next((e.offset for e in toc.entries if e.name == esgz.PREFETCH_LANDMARK), 0)
-            self._layers.append((offsets, landmark))
-            self.total += desc.size - tb.toc_offset
-        self._seen: set[tuple[int, int]] = set()
-
-    def prefetch(self) -> None:
-        for index, (_offsets, landmark) in enumerate(self._layers):
-            self.total += landmark
-            self._seen.add((index, -1))
-
-    def chunk(self, layer: int, offset: int) -> None:
-        offsets, landmark = self._layers[layer]
-        if (layer, offset) in self._seen or ((layer, -1) in self._seen and offset < landmark):
-            return
-        self._seen.add((layer, offset))
-        nxt = offsets[bisect.bisect_right(offsets, offset)]
-        self.total += nxt - offset
-
-
-def manifest_bytes(store: Store, name: str) -> int:
-    img = store.images.get(name)
-    manifest = json.loads(store.content.read(img.target.digest))
-    return img.target.size + manifest["config"]["size"]
 
 
 # -- one run --------------------------------------------------------------------------------------------
 
 
-def read_tree(root: Path, files: list[str]) -> int:
-    n = 0
-    for f in files:
-        with open(root / f, "rb") as fh:
-            n += len(fh.read())
-    return n
+def import_torch(root: Path) -> None:
+    """``import torch`` in a fresh host interpreter, from ``root``'s site-packages."""
+    code = f"import sys; sys.path.insert(0, {str(root / SITE)!r}); import torch"
+    subprocess.run([PYTHON, "-c", code], check=True, stdout=subprocess.DEVNULL)
 
 
-def run_mode(mode: str, ref: str, image_bytes: int, files: list[str], work: Path, lazy_fetch: bool) -> dict[str, Any]:
+def run_mode(mode: str, ref: str, ranges: Ranges, work: Path, reglog: RegistryLog) -> dict[str, Any]:
     root = work / "run"
     mnt = work / "mnt"
     shutil.rmtree(root, ignore_errors=True)
@@ -147,59 +178,35 @@ def run_mode(mode: str, ref: str, image_bytes: int, files: list[str], work: Path
     store = Store(root, plain_http=True)
     out: dict[str, Any] = {}
     try:
-        if mode in ("pull", "fetch + lazy unpack"):
-            C.settle(0.5, False)
-            t = time.monotonic()
-            img = store.pull(ref) if mode == "pull" else store.fetch(ref)
-            c = store.containers.create("c", img.name)
-            mount(c.mounts, mnt)
-            try:
-                read_tree(mnt, files)
-                out["seconds"] = time.monotonic() - t
-            finally:
-                unmount(mnt)
-            out["bytes"] = image_bytes
-            out["source"] = "registry (measured: whole image)"
-            return out
-        real = lazy_fetch and has_lazy_fetch()
-        if lazy_fetch and not real:
-            return {"available": False}
-        img = None if real else store.fetch(ref)  # the local source: blobs fetched before the clock starts
         C.settle(0.5, False)
+        reglog.mark()
         t = time.monotonic()
-        if real:
-            img = store.fetch(ref, lazy=True)  # type: ignore[call-arg]
-        assert img is not None
-        if mode == "lazy fetch + on-demand reads":
-            for f in files:
-                store.read_file(img.name, f)
+        if mode in (PULL, UNPACK, IMPORT_PULL):
+            img = store.pull(ref) if mode != UNPACK else store.fetch(ref)
+            c = store.containers.create("c", img.name)
+        else:
+            img = store.fetch(ref, lazy=True)
+            c = None
+            if mode in (LANDMARK, IMPORT_LAZY):
+                c = store.containers.create("c", img.name, lazy=True, fill=False)
+        if c is None:
+            if mode == WHOLE:
+                for f in ranges:
+                    store.read_file(img.name, f)
+            else:
+                replay(lambda f: store.open_file(img.name, f), ranges)
             out["seconds"] = time.monotonic() - t
         else:
-            c = store.containers.create("c", img.name, lazy=True)
             mount(c.mounts, mnt)
             try:
-                read_tree(mnt, files)
+                if mode in (IMPORT_PULL, IMPORT_LAZY):
+                    import_torch(mnt)
+                else:
+                    replay(lambda f: open(mnt / f, "rb"), ranges)  # noqa: SIM115 (replay closes it)
                 out["seconds"] = time.monotonic() - t
             finally:
                 unmount(mnt)
-                store.containers.delete("c")
-        if real:
-            out["bytes"] = C.du_bytes(root / "content", apparent=True)
-            out["source"] = "registry (content store bytes after the workload)"
-        else:
-            image = lazyread.lazy_image(store._ops, img.name)
-            try:
-                counter = RangeBytes(store, image, manifest_bytes(store, img.name))
-                if mode == "lazy fetch + prefetch landmark":
-                    counter.prefetch()
-                for f in files:
-                    node = image.file_node(f)
-                    for chunk in node.chunks:
-                        counter.chunk(node.layer, chunk.offset)
-            finally:
-                image.close()
-            out["bytes"] = counter.total
-            out["source"] = "local source (bytes computed from the TOC; no transfer in the time)"
+        out["bytes"], out["requests"] = reglog.since()
         return out
     finally:
         for cont in store.containers.list():
@@ -211,26 +218,27 @@ def run_mode(mode: str, ref: str, image_bytes: int, files: list[str], work: Path
 # -- report --------------------------------------------------------------------------------------------
 
 
-def report(results: dict[str, Any]) -> str:
-    md = [f"Machine: {C.machine_info()}", ""]
+def report(results: dict[str, Any], machine: dict[str, Any]) -> str:
+    md = [f"Machine: {machine}", ""]
     for tag, r in results.items():
-        md.append(f"**{tag}** (eStargz image {C.fmt_mb(r['image_bytes'])} MB compressed, workload "
-                  f"{r['files']} files, {C.fmt_mb(r['workload_bytes'])} MB)")
+        md.append(f"**{tag}** (eStargz image {C.fmt_mb(r['image_bytes'])} MB compressed, chunks of "
+                  f"{r['chunk_kib']} KiB; workload: {r['files']} files of {C.fmt_mb(r['file_bytes'])} MB, "
+                  f"of which the start reads {C.fmt_mb(r['range_bytes'])} MB in {r['ranges']} ranges)")
         md.append("")
         rows = []
-        pull = C.median(r["modes"]["pull"]["seconds"]) if r["modes"]["pull"].get("seconds") else None
-        for mode in MODES:
-            m = r["modes"][mode]
-            if not m.get("seconds"):
-                rows.append([mode, "not available", "", "", "", ""])
-                continue
+        for mode, m in r["modes"].items():
+            base = r["modes"].get(IMPORT_PULL if "import" in mode else PULL, {})
+            pull = C.median(base["seconds"]) if base.get("seconds") else None
             secs = m["seconds"]
             med = C.median(secs)
-            rows.append([mode, C.fmt_mb(m["bytes"]), f"{100 * m['bytes'] / r['image_bytes']:.1f}%",
+            mb = C.median(m["bytes"])
+            assert med is not None and mb is not None
+            rows.append([mode, f"{mb / 1e6:.1f} ({min(m['bytes']) / 1e6:.1f}-{max(m['bytes']) / 1e6:.1f})",
+                         f"{100 * mb / r['image_bytes']:.1f}%", str(round(C.median(m["requests"]) or 0)),
                          f"{med:.2f} ({min(secs):.2f}-{max(secs):.2f})",
-                         f"{med / pull:.2f}" if pull else "", m["source"]])
-        md.append(C.markdown_table(["mode", "MB downloaded", "of image", "s until readable, median (min-max)",
-                                    "x pull", "bytes from"], rows, "lrrrrl"))
+                         f"{med / pull:.2f}" if pull else ""])
+        md.append(C.markdown_table(["mode", "MB downloaded, median (min-max)", "of image", "requests",
+                                    "s until done, median (min-max)", "x pull"], rows, "lrrrrr"))
         md.append("")
     return "\n".join(md)
 
@@ -242,45 +250,48 @@ def main() -> None:
     ap.add_argument("--corpus", default=str(C.FIXTURES_DIR / "corpus"))
     ap.add_argument("--big-layout", default=os.environ.get("OCISTORE_FIXTURES") or "/var/tmp/obench/images")
     ap.add_argument("--work", default="/var/tmp/ocistore-bench-lazy")
+    ap.add_argument("--port", type=int, default=None, help="the registry's port (default: a free one)")
     ap.add_argument("--level", type=int, default=6, help="gzip level of the conversion (9 is convert's default)")
+    ap.add_argument("--chunk-kib", type=int, default=4096, help="eStargz chunk size of the conversion, KiB")
+    ap.add_argument("--modes", nargs="+", default=MODES, choices=ALL_MODES)
+    ap.add_argument("--import-torch", action="store_true", help="ml:big: also time real `import torch` starts")
     ap.add_argument("--out", default=str(HERE / "out"))
-    ap.add_argument("--lazy-fetch", action="store_true",
-                    help="use store.fetch(ref, lazy=True) for the lazy modes (not available before it exists)")
     a = ap.parse_args()
     C.require_root()
     C.exit_on_sigterm()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {}
-    with C.LocalRegistry(work / "reg") as reg:
+    results: dict[str, Any] = {"machine": C.machine_info(), "images": {}}
+    with C.LocalRegistry(work / "reg", port=a.port) as reg:
+        reglog = RegistryLog(reg.dir / "registry.log")
         for tag in a.images:
             layout = a.big_layout if tag == "ml:big" else a.corpus
             if not (Path(layout) / "index.json").exists():
                 C.log(f"{tag}: no layout at {layout}; skipped")
                 continue
-            ref, size = prepare(reg, work, layout, tag, a.level)
-            files = workload(tag)
-            r: dict[str, Any] = {"ref": ref, "image_bytes": size, "files": len(files),
-                                 "modes": {m: {"seconds": []} for m in MODES}}
+            ref, size = prepare(reg, work, layout, tag, a.level, a.chunk_kib << 10)
+            doc = json.loads((HERE / "lazy_workloads" / f"{tag.replace(':', '-')}.ranges.json").read_text())
+            ranges = workload_ranges(tag)
+            modes = list(a.modes) + ([IMPORT_PULL, IMPORT_LAZY] if a.import_torch and tag == "ml:big" else [])
+            r: dict[str, Any] = {
+                "ref": ref, "image_bytes": size, "chunk_kib": a.chunk_kib, "files": len(ranges),
+                "file_bytes": doc["bytes_of_files"], "range_bytes": doc["bytes_resident"],
+                "ranges": sum(len(v) for v in ranges.values()),
+                "modes": {m: {"seconds": [], "bytes": [], "requests": []} for m in modes}}
             for i in range(a.repeat):
-                for mode in MODES:
-                    res = run_mode(mode, ref, size, files, work, a.lazy_fetch)
-                    if res.get("available") is False:
-                        r["modes"][mode] = {"available": False}
-                        continue
-                    r["modes"][mode]["seconds"].append(res["seconds"])
-                    r["modes"][mode].update(bytes=res["bytes"], source=res["source"])
-                    C.log(f"{tag} #{i} {mode}: {res['seconds']:.2f} s, {res['bytes'] / 1e6:.1f} MB")
-            with Store(work / "sizes", plain_http=True) as store:
-                img = store.fetch(ref)
-                r["workload_bytes"] = sum(len(store.read_file(img.name, f)) for f in files)
-            shutil.rmtree(work / "sizes", ignore_errors=True)
-            results[tag] = r
+                for mode in modes:
+                    res = run_mode(mode, ref, ranges, work, reglog)
+                    for k in ("seconds", "bytes", "requests"):
+                        r["modes"][mode][k].append(res[k])
+                    C.log(f"{tag} #{i} {mode}: {res['seconds']:.2f} s, {res['bytes'] / 1e6:.1f} MB, "
+                          f"{res['requests']} requests")
+            results["images"][tag] = r
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "lazy.json").write_text(json.dumps(results, indent=1))
-    text = report(results)
-    (out / "lazy.md").write_text(text + "\n")
+    stem = f"lazy-{a.chunk_kib}k"
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    text = report(results["images"], results["machine"])
+    (out / f"{stem}.md").write_text(text + "\n")
     print(text)
 
 

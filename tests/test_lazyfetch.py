@@ -681,3 +681,60 @@ def test_read_file_of_a_lazily_fetched_image_reads_only_its_chunks(
         assert 0 < cached < layer.size // 2
         report = store.check()
         assert report.ok, report.problems
+
+
+@pytest.mark.registry
+def test_open_file_reads_a_range_and_reuses_the_parsed_toc(
+    source_store: tuple[Store, str], registry_plain: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seek + read of a lazily fetched file downloads only the chunk(s) covering the range,
+    and opening more files of the image parses its TOC once (the tree cache's TOC is reused)."""
+    source, name = source_store
+    ref = _pushed(source_store, registry_plain)
+    with Store(tmp_path / "s", **registry_plain.client_options()) as store:
+        image = store.fetch(ref, lazy=True)
+        layer = _layer(store, image.name)
+        parsed: list[int] = []
+        real_parse = lazyfetch.parse_toc
+        monkeypatch.setattr(lazyfetch, "parse_toc", lambda *a, **k: parsed.append(1) or real_parse(*a, **k))
+        whole = _file_bytes(source, name, "usr/bin/bash")
+        with store.open_file(image.name, "usr/bin/bash") as f:
+            f.seek(len(whole) // 2)
+            assert f.read(100) == whole[len(whole) // 2:len(whole) // 2 + 100]
+        chunks = list(store.layout.content.chunk_dir(layer.digest).iterdir())
+        assert len(chunks) == 1 and chunks[0].stat().st_size <= esgz.DEFAULT_CHUNK_SIZE
+        for path in ("etc/os-release", "usr/bin/ls", "etc/passwd"):
+            with store.open_file(image.name, path) as f:
+                assert f.read() == _file_bytes(source, name, path)
+        assert len(parsed) <= 1
+
+
+@pytest.mark.registry
+def test_a_read_spanning_chunks_is_one_ranged_request(
+    source_store: tuple[Store, str], registry_plain: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open_file: a read over several small chunks fetches them in one coalesced range, and only them."""
+    source, _name = source_store
+    small = source.convert("docker.io/library/debian:gzip", dst="example.com/lazy/debian:esgz-4k",
+                           chunk_size=4096, compression_level=1).name
+    ref = registry_plain.ref("lazy/debian:esgz-4k")
+    source.push(small, ref, **registry_plain.client_options())
+    whole = source.read_file(small, "usr/bin/bash")
+    ranges: list[tuple[int, int]] = []
+    real_read = lazyfetch.RemoteLayerSource._read
+
+    def counting(self: lazyfetch.RemoteLayerSource, start: int, end: int) -> bytes:
+        ranges.append((start, end))
+        return real_read(self, start, end)
+
+    monkeypatch.setattr(lazyfetch.RemoteLayerSource, "_read", counting)
+    with Store(tmp_path / "s", **registry_plain.client_options()) as store:
+        image = store.fetch(ref, lazy=True)
+        layer = _layer(store, image.name)
+        with store.open_file(image.name, "usr/bin/bash") as f:
+            f.seek(10_000)
+            assert f.read(5 * 4096) == whole[10_000:10_000 + 5 * 4096]
+        assert len(ranges) == 1
+        # the reader's 64 KiB buffer is filled from 10,000: the chunks of bytes 8192-77823, no others
+        assert len(list(store.layout.content.chunk_dir(layer.digest).iterdir())) == 17
+        assert store.check().ok

@@ -238,3 +238,32 @@ def test_lazy_needs_an_estargz_image(tmp_path: Path) -> None:
 
 def test_fuse_missing_names_what_is_missing() -> None:
     assert lazyrootfs.fuse_missing() is None  # this machine has /dev/fuse, mfusepy and libfuse3
+
+
+def test_no_fill_and_reads_at_offsets_of_a_many_chunk_file(tmp_path: Path) -> None:
+    """``fill=False`` leaves the image unpacked-less; preads at any offset of a file of hundreds
+    of small chunks (the FUSE read bisects its chunk list) give the file's bytes."""
+    with Store(tmp_path / "root") as store:
+        store.import_archive(CORPUS, fetch_only=True)
+        name = store.convert("debian:gzip", dst="example.com/esgz/small-chunks:esgz", chunk_size=4096,
+                             compression_level=1).name
+        want = store.read_file(name, "usr/bin/bash")
+        assert len(want) > 100 * 4096
+        c = store.containers.create("nofill", name, lazy=True, fill=False)
+        try:
+            (tmp_path / "mnt").mkdir()
+            with mounted(c.mounts, tmp_path / "mnt") as root:
+                fd = os.open(root / "usr/bin/bash", os.O_RDONLY)
+                try:
+                    for offset, n in ((0, 10), (4095, 2), (123_457, 70_000), (len(want) - 5, 100),
+                                      (len(want) // 2, 3 * 4096 + 1), (len(want) + 10, 10)):
+                        assert os.pread(fd, n, offset) == want[offset:offset + n]
+                finally:
+                    os.close(fd)
+            time.sleep(1.0)
+            log = (Path(c.labels[lazyrootfs.LAZY_LABEL]) / "log").read_text()
+            assert not store.is_unpacked(name), log
+            assert "filled" not in log
+        finally:
+            store.containers.delete("nofill")
+        assert store.check().ok

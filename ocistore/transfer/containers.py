@@ -94,6 +94,7 @@ class Containers:
         self, id: str, image: str, snapshotter: str = "overlayfs",
         labels: Mapping[str, str] | None = None, platform: PlatformArg = None,
         progress: Callable[[ProgressEvent], None] | None = None, lazy: bool = False,
+        *, fill: bool = True,
     ) -> Container:
         """Create container ``id`` with a writable snapshot of ``image`` (unpacking it if needed).
 
@@ -107,6 +108,8 @@ class Containers:
         process that also unpacks the image in the background (see
         ``ocistore.transfer.lazyrootfs``). An image already unpacked gives an ordinary
         container. FailedPrecondition when FUSE is missing or the image is not eStargz.
+        ``fill=False`` (lazy only): no background unpack, so a lazily fetched image
+        downloads only the chunks the container reads (and its prioritized files).
         """
         ctx = self._ctx
         validate_id(id)
@@ -128,7 +131,7 @@ class Containers:
             sn.prepare(id, parts.chain_id)
         except errors.NotFound:
             if lazy:
-                return self._create_lazy(id, img.name, parts, snapshotter, labels)
+                return self._create_lazy(id, img.name, parts, snapshotter, labels, fill)
             with ctx.lease():
                 # unpack_parts records the use and, over a snapshot budget, evicts other images
                 unpack.unpack_parts(ctx, parts, image_ref=img.name, snapshotter=snapshotter,
@@ -144,7 +147,7 @@ class Containers:
         return self._wrap(rec)
 
     def _create_lazy(self, id: str, image: str, parts: ImageParts, snapshotter: str,
-                     labels: Mapping[str, str] | None) -> Container:
+                     labels: Mapping[str, str] | None, fill: bool = True) -> Container:
         ctx = self._ctx
         sn = ctx.snapshotter(snapshotter)
         if not sn.supports_mount:
@@ -158,7 +161,7 @@ class Containers:
         lazyread.open_image(ctx, parts, image).close()  # typed errors here: not eStargz, blob missing, bad TOC
         sn.prepare(id, "")  # the upper dir; the image's tree is the FUSE lower dir
         try:
-            directory = lazyrootfs.start_helper(ctx.layout, ctx.namespace, id, image, snapshotter)
+            directory = lazyrootfs.start_helper(ctx.layout, ctx.namespace, id, image, snapshotter, fill=fill)
         except BaseException:
             sn.remove(id)
             raise

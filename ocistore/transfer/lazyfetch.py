@@ -29,7 +29,9 @@ import bisect
 import contextlib
 import hashlib
 import os
+import threading
 import uuid
+import weakref
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -265,12 +267,14 @@ def complete_image(
 
 def remote_source(
     ctx: OperationContext, image_name: str, layer: Descriptor, *, registry: Mapping[str, Any] | None = None,
+    toc: TOC | None = None,
 ) -> RemoteLayerSource:
     """The :class:`~ocistore.estargz.source.LayerSource` of a partial layer of image ``image_name``.
 
     Chunks come from the reference the layer was fetched from (the image's name when that
     was not recorded), reached with the store's registry options (``registry`` overrides
-    them). NotFound when the namespace lacks the image or the layer; FailedPrecondition when
+    them); ``toc``: the layer's TOC already parsed from the stored TOC blob (a reader's tree
+    cache), which is parsed otherwise. NotFound when the namespace lacks the image or the layer; FailedPrecondition when
     the layer is whole (read it from the content store instead). Close the source (or use
     it as a context manager) to release its connections.
     """
@@ -286,7 +290,8 @@ def remote_source(
         raise errors.InvalidArgument(
             f"layer {layer.digest}: the descriptor's TOC digest {expected} is not the one fetched ({p.toc_digest})"
         )
-    toc = parse_toc(ctx.content.read(p.toc_digest), payload_size=p.toc_offset)
+    if toc is None:
+        toc = parse_toc(ctx.content.read(p.toc_digest), payload_size=p.toc_offset)
     ref = p.ref or image.name
     client = _client(ctx, registry)
     desc = Descriptor(layer.media_type, layer.digest, layer.size, dict(layer.annotations))
@@ -310,9 +315,7 @@ class RemoteLayerSource:
         self._toc = toc
         self._layout = content_layout
         self._owns = owns_client
-        offsets = {c.offset for _e, chunks in toc.files() for c in chunks}
-        offsets.add(toc_offset)
-        self._offsets = sorted(offsets)
+        self._offsets = _member_offsets(toc, toc_offset)
         self.requests = 0
         self.bytes_fetched = 0
 
@@ -452,7 +455,8 @@ class RemoteLayerSource:
         return result
 
     def _has(self, chunk: Chunk) -> bool:
-        return self._cached(chunk) is not None
+        """Whether the cache holds the chunk (checked when it is read: a bad entry is fetched again then)."""
+        return self._layout.chunk_path(self._desc.digest, chunk.digest).exists()
 
     def _cached(self, chunk: Chunk) -> bytes | None:
         path = self._layout.chunk_path(self._desc.digest, chunk.digest)
@@ -479,6 +483,29 @@ class RemoteLayerSource:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+_OFFSETS: dict[tuple[int, int], list[int]] = {}
+_OFFSETS_LOCK = threading.Lock()
+
+
+def _member_offsets(toc: TOC, toc_offset: int) -> list[int]:
+    """The sorted gzip member offsets of ``toc``'s chunks and the TOC's own, computed once per TOC
+    object (a file opened through a cached tree makes a source each time; a large TOC has
+    hundreds of thousands of chunks)."""
+    key = (id(toc), toc_offset)
+    with _OFFSETS_LOCK:
+        hit = _OFFSETS.get(key)
+    if hit is not None:
+        return hit
+    offsets = {c.offset for _e, chunks in toc.files() for c in chunks}
+    offsets.add(toc_offset)
+    result = sorted(offsets)
+    with _OFFSETS_LOCK:
+        if key not in _OFFSETS:
+            _OFFSETS[key] = result
+            weakref.finalize(toc, _OFFSETS.pop, key, None)  # forgotten with the TOC (its id may be reused)
+    return result
 
 
 def _digest(data: bytes, expected: str) -> str:

@@ -169,7 +169,8 @@ def layer_sources(ctx: OperationContext, parts: ImageParts, image: str = "",
         if not ctx.content.exists(desc.digest):
             if is_partial(ctx.content, desc.digest):  # fetched lazily
                 try:
-                    sources.append(lazyfetch.remote_source(ctx, image, desc))
+                    sources.append(lazyfetch.remote_source(ctx, image, desc,
+                                                           toc=None if tocs is None else tocs[index]))
                 except BaseException:
                     close_sources(sources)
                     raise
@@ -278,6 +279,13 @@ class LazyFile(io.RawIOBase):
             return 0
         index = bisect.bisect_right(self._starts, self._pos) - 1
         chunk = self._node.chunks[index]
+        end = min(self._node.size, self._pos + len(buffer))
+        if end > chunk.start + chunk.size and (self._cached is None or self._cached[0] != index):
+            # a read spanning several chunks: ask for them together (a remote source coalesces
+            # adjacent members into one ranged request; a local one does nothing)
+            last = bisect.bisect_left(self._starts, end) - 1
+            assert self._source is not None
+            self._source.prefetch(self._node.chunks[index:last + 1])
         data = self._chunk(index)
         at = self._pos - chunk.start
         n = min(len(buffer), len(data) - at)
