@@ -30,7 +30,7 @@ from ocistore.transfer.context import OperationContext
 
 if TYPE_CHECKING:
     from ocistore import images as _images
-    from ocistore import server, snapshots
+    from ocistore import remotes, server, snapshots
     from ocistore.metadata import gc
     from ocistore.metadata.gc import GCStats
     from ocistore.snapshots import Snapshotter
@@ -147,6 +147,7 @@ class Store:
         )
         self._containers: Containers | None = None
         self._lazy_trees: lazyread.TreeCache | None = None  # merged eStargz trees of read_file/open_file
+        self._lazy_client: remotes.RegistryClient | None = None  # their ranged reads share its connections
         if not readonly:
             self._clean_tmp()
 
@@ -172,6 +173,8 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        if self._lazy_client is not None:
+            self._lazy_client.close()
         for sn in self._snapshotters.values():
             sn.close()
         self.db.release()
@@ -428,7 +431,9 @@ class Store:
         with self._lock:
             if self._lazy_trees is None:
                 self._lazy_trees = lazyread.TreeCache()
-        return lazyread.lazy_image(self._ops, name, platform, self._lazy_trees)
+            if self._lazy_client is None:
+                self._lazy_client = lazyfetch.registry_client(self._ops)
+        return lazyread.lazy_image(self._ops, name, platform, self._lazy_trees, self._lazy_client)
 
     def read_file(self, image_or_container: str | Container, path: str, platform: PlatformArg = None) -> bytes:
         """The bytes of the file at ``path`` in an eStargz image (or a container's image), read

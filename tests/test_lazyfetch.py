@@ -738,3 +738,33 @@ def test_a_read_spanning_chunks_is_one_ranged_request(
         # the reader's 64 KiB buffer is filled from 10,000: the chunks of bytes 8192-77823, no others
         assert len(list(store.layout.content.chunk_dir(layer.digest).iterdir())) == 17
         assert store.check().ok
+
+
+@pytest.mark.registry
+def test_reads_of_a_lazily_fetched_image_share_one_registry_client(
+    source_store: tuple[Store, str], registry_plain: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every open_file/read_file of a store reuses one client (its connections and tokens):
+    a start opens hundreds of files, and a client per file cost a handshake each."""
+    from ocistore import remotes
+
+    source, name = source_store
+    ref = _pushed(source_store, registry_plain)
+    made: list[object] = []
+    real = remotes.RegistryClient
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            made.append(self)
+            super().__init__(*args, **kw)
+
+    with Store(tmp_path / "s", **registry_plain.client_options()) as store:
+        image = store.fetch(ref, lazy=True)
+        monkeypatch.setattr(remotes, "RegistryClient", Counting)
+        for path in ("usr/bin/ls", "etc/os-release", "etc/debian_version"):
+            with store.open_file(image.name, path) as f:
+                assert f.read() == _file_bytes(source, name, path)
+        assert store.read_file(image.name, "usr/bin/ls") == _file_bytes(source, name, "usr/bin/ls")
+        assert len(made) == 1
+        assert store.content.info(_layer(store, image.name).digest).partial
+        assert store.check().ok

@@ -33,10 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fill(store: Store, image: str, snapshotter: str) -> None:
+_FILL_STOP_TIMEOUT = 8.0  # under lazyrootfs' grace period before SIGKILL
+
+
+def _fill(store: Store, image: str, snapshotter: str, cancel: threading.Event) -> None:
     try:
-        store.unpack(image, snapshotter=snapshotter)
+        store.unpack(image, snapshotter=snapshotter, cancel=cancel)
         print(f"ocistore lazyfs: {image} filled into {snapshotter}", file=sys.stderr, flush=True)
+    except errors.Cancelled:
+        print(f"ocistore lazyfs: background fill of {image} stopped (unmounted)", file=sys.stderr, flush=True)
     except errors.Error as exc:
         print(f"ocistore lazyfs: background fill of {image} failed: {exc}", file=sys.stderr, flush=True)
 
@@ -57,15 +62,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ocistore lazyfs: {exc}", file=sys.stderr, flush=True)
         return 1
 
+    cancel = threading.Event()
+    fill: threading.Thread | None = None
+
     def on_init() -> None:
-        nonlocal ready_fd
+        nonlocal ready_fd, fill
         if ready_fd is not None:
             os.write(ready_fd, f"ready {os.getpid()}\n".encode())
             os.close(ready_fd)
             ready_fd = None
         if not args.no_fill:
-            threading.Thread(target=_fill, args=(store, image.name, args.snapshotter), daemon=True,
-                             name="ocistore-lazyfs-fill").start()
+            fill = threading.Thread(target=_fill, args=(store, image.name, args.snapshotter, cancel), daemon=True,
+                                    name="ocistore-lazyfs-fill")
+            fill.start()
 
     ops.on_init = on_init
     try:
@@ -74,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return 1
     finally:
+        # unmounted: stop the fill, which removes its unfinished extract snapshot, before exiting
+        cancel.set()
+        if fill is not None:
+            fill.join(_FILL_STOP_TIMEOUT)
         image.close()
+        store.close()
     return 0
 
 

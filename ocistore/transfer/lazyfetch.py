@@ -67,6 +67,7 @@ __all__ = [
     "RemoteLayerSource",
     "complete_image",
     "complete_layers",
+    "registry_client",
     "fetch_layers_lazily",
     "fetch_toc",
     "partial_layers",
@@ -88,6 +89,12 @@ def _store(ctx: OperationContext) -> PartialStore:
     if not isinstance(ctx.content, PartialStore):
         raise errors.NotImplementedKind("this content store cannot record partial blobs (lazy fetch)")
     return ctx.content
+
+
+def registry_client(ctx: OperationContext, registry: Mapping[str, Any] | None = None) -> remotes.RegistryClient:
+    """A registry client with the store's registry options (``registry`` overrides them):
+    one that many remote sources can share (:func:`remote_source` ``client=``); close it."""
+    return _client(ctx, registry)
 
 
 def _client(ctx: OperationContext, registry: Mapping[str, Any] | None) -> remotes.RegistryClient:
@@ -267,16 +274,18 @@ def complete_image(
 
 def remote_source(
     ctx: OperationContext, image_name: str, layer: Descriptor, *, registry: Mapping[str, Any] | None = None,
-    toc: TOC | None = None,
+    toc: TOC | None = None, client: remotes.RegistryClient | None = None,
 ) -> RemoteLayerSource:
     """The :class:`~ocistore.estargz.source.LayerSource` of a partial layer of image ``image_name``.
 
     Chunks come from the reference the layer was fetched from (the image's name when that
     was not recorded), reached with the store's registry options (``registry`` overrides
     them); ``toc``: the layer's TOC already parsed from the stored TOC blob (a reader's tree
-    cache), which is parsed otherwise. NotFound when the namespace lacks the image or the layer; FailedPrecondition when
-    the layer is whole (read it from the content store instead). Close the source (or use
-    it as a context manager) to release its connections.
+    cache), which is parsed otherwise; ``client``: a shared client (see :func:`registry_client`;
+    its connections and tokens are reused, and the source does not close it), else the source
+    makes its own. NotFound when the namespace lacks the image or the layer;
+    FailedPrecondition when the layer is whole (read it from the content store instead).
+    Close the source (or use it as a context manager) to release its connections.
     """
     image = ctx.images.find(image_name)
     store = _store(ctx)
@@ -293,9 +302,11 @@ def remote_source(
     if toc is None:
         toc = parse_toc(ctx.content.read(p.toc_digest), payload_size=p.toc_offset)
     ref = p.ref or image.name
-    client = _client(ctx, registry)
     desc = Descriptor(layer.media_type, layer.digest, layer.size, dict(layer.annotations))
-    return RemoteLayerSource(client, ref, desc, toc, p.toc_offset, ctx.layout.content, owns_client=True)
+    if client is not None:
+        return RemoteLayerSource(client, ref, desc, toc, p.toc_offset, ctx.layout.content)
+    return RemoteLayerSource(_client(ctx, registry), ref, desc, toc, p.toc_offset, ctx.layout.content,
+                             owns_client=True)
 
 
 class RemoteLayerSource:

@@ -35,6 +35,7 @@ from ocistore.oci.platform import PlatformArg
 from ocistore.transfer.context import OperationContext
 
 if TYPE_CHECKING:
+    from ocistore.remotes import RegistryClient
     from ocistore.transfer import lazyfetch
 else:
     lazyfetch = lazy_module("ocistore.transfer.lazyfetch")  # the registry client, for lazily fetched layers
@@ -154,13 +155,14 @@ def _not_estargz(image: str, index: int, desc: Descriptor) -> errors.FailedPreco
 
 
 def layer_sources(ctx: OperationContext, parts: ImageParts, image: str = "",
-                  tocs: Sequence[TOC] | None = None) -> list[LayerSource]:
+                  tocs: Sequence[TOC] | None = None, client: RegistryClient | None = None) -> list[LayerSource]:
     """Where each layer's chunks come from, bottom to top: the one place that decides.
 
     A complete eStargz blob in the content store is read by :class:`LocalSource`; a layer
     fetched lazily (a partial record) by the remote source of ``transfer.lazyfetch``.
     FailedPrecondition for a layer that is not eStargz (convert the image) or whose blob
-    is not complete locally (fetch or pull the image).
+    is not complete locally (fetch or pull the image). ``client``: a registry client the
+    remote sources share (not closed by them), else each makes its own.
     """
     sources: list[LayerSource] = []
     for index, desc in enumerate(parts.layers):
@@ -169,7 +171,7 @@ def layer_sources(ctx: OperationContext, parts: ImageParts, image: str = "",
         if not ctx.content.exists(desc.digest):
             if is_partial(ctx.content, desc.digest):  # fetched lazily
                 try:
-                    sources.append(lazyfetch.remote_source(ctx, image, desc,
+                    sources.append(lazyfetch.remote_source(ctx, image, desc, client=client,
                                                            toc=None if tocs is None else tocs[index]))
                 except BaseException:
                     close_sources(sources)
@@ -323,11 +325,12 @@ class TreeCache:
                 del self._items[next(iter(self._items))]
 
 
-def open_image(ctx: OperationContext, parts: ImageParts, name: str, cache: TreeCache | None = None) -> LazyImage:
-    """The merged tree of an image's layers, with the source of each."""
+def open_image(ctx: OperationContext, parts: ImageParts, name: str, cache: TreeCache | None = None,
+               client: RegistryClient | None = None) -> LazyImage:
+    """The merged tree of an image's layers, with the source of each (``client``: see :func:`layer_sources`)."""
     key = tuple((d.digest, d.annotations.get(TOC_DIGEST_ANNOTATION, "")) for d in parts.layers)
     hit = cache.get(key) if cache is not None else None
-    sources = layer_sources(ctx, parts, name, tocs=None if hit is None else hit[1])
+    sources = layer_sources(ctx, parts, name, tocs=None if hit is None else hit[1], client=client)
     if hit is not None:
         return LazyImage(name, hit[0], sources)
     try:
@@ -350,8 +353,8 @@ def close_sources(sources: Sequence[LayerSource]) -> None:
 
 
 def lazy_image(ctx: OperationContext, image: str, platform: PlatformArg = None,
-               cache: TreeCache | None = None) -> LazyImage:
+               cache: TreeCache | None = None, client: RegistryClient | None = None) -> LazyImage:
     """:func:`open_image` of the stored image ``image``."""
     img = ctx.images.find(image)
     parts = image_parts(ctx.content, img.target, platform, image=img.name)
-    return open_image(ctx, parts, img.name, cache)
+    return open_image(ctx, parts, img.name, cache, client)
