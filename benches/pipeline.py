@@ -4,7 +4,8 @@
 Usage (as root, from the project root):
 
     python benches/pipeline.py [--repeat 5] [--big-layout DIR] [--loop-ext4 6] [--work DIR]
-                               [--create-runs 21] [--out benches/out]
+                               [--create-runs 21] [--out benches/out] [--drop-caches]
+                               [--only pull ctr apply create]
 
 A real registry (the fixture kit's CNCF distribution, plain HTTP on 127.0.0.1) is loaded
 with ``ml:big`` (from ``--big-layout``, made by ``build-images --big``), ``debian:gzip`` and
@@ -22,7 +23,10 @@ each step in its own fresh process (ocistore steps time the API call after the i
   compiled each time), plus ``python -c pass`` as the interpreter's floor; and the in-process
   ``containers.create`` (median of 21 in one process).
 
-Before every timed step: ``sync`` and writeback drained, 1 s settle. Peak RSS is the
+``--only`` runs some of the parts (``create`` needs ``pull``). The pull and the fetch/unpack
+sides run back to back, pull first in even repetitions and fetch/unpack first in odd ones.
+Before every timed step: ``sync`` and writeback drained (``--drop-caches``: and the page cache
+dropped, for every side), 1 s settle. Peak RSS is the
 child's ``ru_maxrss``. Every figure is the median of the repetitions with min, max and the
 spread ((max - min) / median). The machine is shared: read the spread.
 """
@@ -131,33 +135,46 @@ def layer_of(layout: Path, image: str) -> dict[str, Any]:
 def one_repetition(a: argparse.Namespace, work: Path, reg: C.LocalRegistry, rep: int) -> dict[str, Any]:
     res: dict[str, Any] = {}
     big = reg.ref("ml:big")
-    # -- ocistore: pull, then creates (fresh process and in process), on a fresh ext4
-    with C.loop_ext4(a.loop_ext4, work, f"o{rep}") as fs:
-        C.settle(a.settle)
-        out, rss = child(work, "pull", fs / "r", big)
-        res["pull"], res["pull_rss_kb"] = out["s"], rss
-        C.settle(a.settle)
-        res.update(cold_creates(a, work, fs / "r", big, rep))
-        out, _ = child(work, "create", fs / "r", big)
-        res["create_inproc"] = statistics.median(out["creates"])
-    # -- ocistore: fetch alone, then unpack alone
-    with C.loop_ext4(a.loop_ext4, work, f"f{rep}") as fs:
-        C.settle(a.settle)
-        out, rss = child(work, "fetch", fs / "r", big)
-        res["fetch"], res["fetch_rss_kb"] = out["s"], rss
-        C.settle(a.settle)
-        out, rss = child(work, "unpack", fs / "r", big)
-        res["unpack"], res["unpack_rss_kb"] = out["s"], rss
-    res["pull_over_max"] = res["pull"] / max(res["fetch"], res["unpack"])
-    # -- containerd: ctr images pull on its own fresh ext4
-    with C.loop_ext4(a.loop_ext4, work, f"c{rep}") as fs:
-        opts = ["--hosts-dir", reg.hosts_dir] if reg.hosts_dir else ["--plain-http"]
-        with C.ContainerdPeer(fs / "c", registry_opts=opts) as peer:
-            peer.fresh()
-            C.settle(a.settle)
-            res["ctr_pull"] = C.timed_cmd(peer.ctr("images", "pull", *opts, big))
-            res["ctr_rss_kb"] = peer.hwm_kb()
-    res["pull_over_ctr"] = res["pull"] / res["ctr_pull"]
+    only = set(a.only)
+
+    def pull_side() -> None:  # ocistore: pull, then creates (fresh process and in process), on a fresh ext4
+        with C.loop_ext4(a.loop_ext4, work, f"o{rep}") as fs:
+            C.settle(a.settle, a.drop_caches)
+            out, rss = child(work, "pull", fs / "r", big)
+            res["pull"], res["pull_rss_kb"] = out["s"], rss
+            if "create" in only:
+                C.settle(a.settle)
+                res.update(cold_creates(a, work, fs / "r", big, rep))
+                out, _ = child(work, "create", fs / "r", big)
+                res["create_inproc"] = statistics.median(out["creates"])
+
+    def split_side() -> None:  # ocistore: fetch alone, then unpack alone
+        with C.loop_ext4(a.loop_ext4, work, f"f{rep}") as fs:
+            C.settle(a.settle, a.drop_caches)
+            out, rss = child(work, "fetch", fs / "r", big)
+            res["fetch"], res["fetch_rss_kb"] = out["s"], rss
+            C.settle(a.settle, a.drop_caches)
+            out, rss = child(work, "unpack", fs / "r", big)
+            res["unpack"], res["unpack_rss_kb"] = out["s"], rss
+
+    if "pull" in only:
+        # the two sides of the ratio run one right after the other, in alternating order, so
+        # that a burst of load elsewhere on the machine does not always land on the same side
+        for side in ((pull_side, split_side) if rep % 2 == 0 else (split_side, pull_side)):
+            side()
+        res["pull_over_max"] = res["pull"] / max(res["fetch"], res["unpack"])
+    if "ctr" in only:  # containerd: ctr images pull on its own fresh ext4
+        with C.loop_ext4(a.loop_ext4, work, f"c{rep}") as fs:
+            opts = ["--hosts-dir", reg.hosts_dir] if reg.hosts_dir else ["--plain-http"]
+            with C.ContainerdPeer(fs / "c", registry_opts=opts) as peer:
+                peer.fresh()
+                C.settle(a.settle, a.drop_caches)
+                res["ctr_pull"] = C.timed_cmd(peer.ctr("images", "pull", *opts, big))
+                res["ctr_rss_kb"] = peer.hwm_kb()
+        if "pull" in res:
+            res["pull_over_ctr"] = res["pull"] / res["ctr_pull"]
+    if "apply" not in only:
+        return res
     # -- layer apply vs GNU tar, on a fresh ext4
     with C.loop_ext4(2, work, f"a{rep}") as fs:
         for image, tool in (("debian:zstd", "zstd -dc {b} | tar -x -C {d}"), ("debian:gzip", "tar -xzf {b} -C {d}")):
@@ -200,6 +217,8 @@ def cold_creates(a: argparse.Namespace, work: Path, root: Path, ref: str, rep: i
         out[key] = statistics.median(xs)
     return out
 
+
+ONLY = ("pull", "ctr", "apply", "create")
 
 ROWS = [
     ("ml:big pull (ocistore)", "pull", "s"),
@@ -262,6 +281,11 @@ def main() -> None:
     ap.add_argument("--work", default="/var/tmp/ocistore-bench-pipe")
     ap.add_argument("--create-runs", type=int, default=11)
     ap.add_argument("--settle", type=float, default=1.0)
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="also drop the page cache before every timed step (the same for every side)")
+    ap.add_argument("--only", nargs="+", choices=ONLY, default=list(ONLY),
+                    help="parts to run: pull (pull, fetch, unpack), ctr, apply (vs GNU tar), create "
+                         "(after the pull); default all")
     ap.add_argument("--out", default=str(REPO / "benches" / "out"))
     a = ap.parse_args()
     C.require_root()

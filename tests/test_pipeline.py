@@ -257,6 +257,40 @@ def test_resumed_download_is_read_from_the_blob(tmp_path: Path) -> None:
         assert r.read() + r.read() + r.read() == b"abcdefghij"
 
 
+def test_full_tee_resumes_the_download_only_once_drained_to_low_water(tmp_path: Path) -> None:
+    chunk = 1 << 20
+    data = bytes(range(256)) * ((tee_mod.BUFFER + 4 * chunk) // 256)
+    t = BlobTee(len(data))
+    r = t.reader(lambda: (tmp_path / "unused").open("rb"))
+    t.start(0)
+    fed: list[int] = []
+
+    def download() -> None:
+        for i in range(0, len(data), chunk):
+            t.feed(data[i : i + chunk])
+            fed.append(i + chunk)
+        t.finish()
+
+    th = threading.Thread(target=download)
+    th.start()
+    deadline = time.monotonic() + 10
+    while (not fed or fed[-1] < tee_mod.BUFFER) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fed[-1] == tee_mod.BUFFER  # the buffer is full: the next chunk waits
+    got = [r.read(chunk)]  # one chunk read: still above the low-water mark, the download stays put
+    time.sleep(0.3)
+    assert fed[-1] == tee_mod.BUFFER
+    while len(got) * chunk < tee_mod.BUFFER - tee_mod.LOW_WATER:
+        got.append(r.read(chunk))
+    deadline = time.monotonic() + 10
+    while fed[-1] == tee_mod.BUFFER and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fed[-1] > tee_mod.BUFFER  # drained to LOW_WATER: the download goes on
+    got.extend(iter(lambda: r.read(chunk), b""))
+    th.join(10)
+    assert b"".join(got) == data
+
+
 @pytest.mark.parametrize("snapshotter", ["overlayfs", "native"])
 @pytest.mark.parametrize("image", ["debian:gzip", "debian:zstd", "app:layers"])
 def test_usage_counted_during_apply_equals_the_walk(

@@ -27,9 +27,10 @@ from typing import BinaryIO
 
 from ocistore.transfer.workers import check_cancelled
 
-__all__ = ["ATTACH_WAIT", "BUFFER", "BlobTee", "TeeReader"]
+__all__ = ["ATTACH_WAIT", "BUFFER", "LOW_WATER", "BlobTee", "TeeReader"]
 
 BUFFER = 8 << 20
+LOW_WATER = BUFFER // 2  # a download that waited for room goes on once the buffer is down to this
 ATTACH_WAIT = 2.0  # seconds a download waits for an expected reader before detaching
 _WAIT = 0.1  # seconds between cancellation checks while waiting
 
@@ -52,6 +53,10 @@ class BlobTee:
         self._closed = False  # the reader is gone: drop everything
         self._failed: BaseException | None = None
         self._done = False  # the download ended (committed or not)
+        # who sleeps on the condition: a chunk wakes the reader, a drained buffer the download,
+        # and only then (a wake-up is a futex call under the GIL, costly on a busy 2-vCPU VM)
+        self._reader_waiting = False
+        self._writer_waiting = False
 
     # -- download side -------------------------------------------------------------------
 
@@ -72,9 +77,16 @@ class BlobTee:
             if start != self._queued:  # not the next bytes (restarted at another offset)
                 self._detach()
                 return
-            while self._buffered >= BUFFER and not (self._closed or self._detached) and self._may_wait():
-                self._cond.wait(_WAIT)
-                check_cancelled()
+            if self._buffered >= BUFFER:
+                # full: wait until the reader has drained it to LOW_WATER, so that one wake-up
+                # refills several chunks instead of one per chunk read
+                self._writer_waiting = True
+                try:
+                    while self._buffered > LOW_WATER and not (self._closed or self._detached) and self._may_wait():
+                        self._cond.wait(_WAIT)
+                        check_cancelled()
+                finally:
+                    self._writer_waiting = False
             if self._detached or self._closed:
                 return
             if not self._attached and self._buffered >= BUFFER:
@@ -83,7 +95,8 @@ class BlobTee:
             self._chunks.append(data)
             self._buffered += len(data)
             self._queued += len(data)
-            self._cond.notify_all()
+            if self._reader_waiting:
+                self._cond.notify_all()
 
     def _may_wait(self) -> bool:
         """Whether a full buffer makes the download wait (else it detaches)."""
@@ -131,7 +144,8 @@ class BlobTee:
                 if self._chunks:
                     data = self._chunks.popleft()
                     self._buffered -= len(data)
-                    self._cond.notify_all()
+                    if self._writer_waiting and self._buffered <= LOW_WATER:
+                        self._cond.notify_all()
                     return data
                 if self._failed is not None:
                     raise self._failed
@@ -141,7 +155,11 @@ class BlobTee:
                     return b""  # every byte came through; the commit is awaited before the snapshot's
                 if self._detached and self._done:
                     return None
-                self._cond.wait(_WAIT)
+                self._reader_waiting = True
+                try:
+                    self._cond.wait(_WAIT)
+                finally:
+                    self._reader_waiting = False
                 check_cancelled()
 
     def close(self) -> None:
