@@ -17,6 +17,7 @@ reader asks that layer's :class:`~ocistore.estargz.source.LayerSource` for them.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import os
 import stat
@@ -74,6 +75,18 @@ class Node:
     chunks: tuple[Chunk, ...] = ()
     children: dict[str, Node] | None = None  # directories only, name -> node
     nlink: int = 1
+    _starts: list[int] | None = attrs.field(default=None, init=False, repr=False)
+
+    def chunk_span(self, offset: int, end: int) -> range:
+        """The indices of the chunks holding bytes ``[offset, end)`` of a regular file (found by
+        bisection: a large file has thousands of chunks, and readers come 128 KiB at a time)."""
+        starts = self._starts
+        if starts is None:
+            starts = self._starts = [c.start for c in self.chunks]
+        end = min(end, self.size)
+        if offset >= end:
+            return range(0)
+        return range(max(0, bisect.bisect_right(starts, offset) - 1), bisect.bisect_left(starts, end))
 
     @property
     def st_mode(self) -> int:

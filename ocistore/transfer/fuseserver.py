@@ -12,7 +12,6 @@ helper (``python -m ocistore.cli.lazyfs``) imports it.
 
 from __future__ import annotations
 
-import bisect
 import errno
 import itertools
 import os
@@ -73,7 +72,7 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         self.image = image
         self.on_init = on_init
         self._cache = _ChunkCache(cache_bytes)
-        self._handles: dict[int, tuple[Node, list[int]]] = {}  # node, its chunks' start offsets
+        self._handles: dict[int, Node] = {}
         self._next_fh = itertools.count(1)
         self._fh_lock = threading.Lock()
 
@@ -159,39 +158,25 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         node = self._node(path)
         if node.type != "reg":
             raise mfusepy.FuseOSError(errno.EISDIR if node.is_dir else errno.EINVAL)
-        starts = [c.start for c in node.chunks]
         with self._fh_lock:
             fh = next(self._next_fh)
-            self._handles[fh] = (node, starts)
+            self._handles[fh] = node
         return fh
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        """Up to ``size`` bytes at ``offset``, from the chunks they lie in (found by bisection:
-        a large file has thousands of chunks and the kernel reads it 128 KiB at a time)."""
-        handle = self._handles.get(fh)
-        if handle is None:
-            node = self._node(path)
-            handle = (node, [c.start for c in node.chunks])
-        node, starts = handle
+        """Up to ``size`` bytes at ``offset``, from the chunks they lie in."""
+        node = self._handles.get(fh) or self._node(path)
         end = min(node.size, offset + size)
-        out: list[bytes] = []
-        i = max(0, bisect.bisect_right(starts, offset) - 1)
-        last = bisect.bisect_left(starts, end) - 1
-        if last > i:  # several chunks: fetch the missing ones together (one ranged request when adjacent)
-            missing = [c for c in node.chunks[i:last + 1] if self._cache.get((node.layer, c.offset, c.inner_offset))
-                       is None]
+        span = node.chunk_span(offset, end)
+        chunks = node.chunks[span.start:span.stop]
+        if len(chunks) > 1:  # several chunks: fetch the missing ones together (one ranged request when adjacent)
+            missing = [c for c in chunks if self._cache.get((node.layer, c.offset, c.inner_offset)) is None]
             if len(missing) > 1:
                 try:
                     self.image.sources[node.layer].prefetch(missing)
                 except errors.Error as exc:
                     print(f"ocistore lazyfs: prefetching chunks of {path!r}: {exc}", file=sys.stderr, flush=True)
-        while i < len(node.chunks) and node.chunks[i].start < end:
-            chunk = node.chunks[i]
-            if chunk.start + chunk.size > offset:
-                data = self.chunk(node.layer, chunk)
-                out.append(data[max(0, offset - chunk.start): end - chunk.start])
-            i += 1
-        return b"".join(out)
+        return b"".join(self.chunk(node.layer, c)[max(0, offset - c.start): end - c.start] for c in chunks)
 
     def release(self, path: str, fh: int) -> int:
         """Forget a file handle."""

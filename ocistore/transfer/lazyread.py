@@ -10,7 +10,6 @@ verified against its ``chunkDigest``.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import io
 import os
@@ -232,7 +231,6 @@ class LazyFile(io.RawIOBase):
         self._on_close = on_close
         self._node = node
         self._source = source
-        self._starts = [c.start for c in node.chunks]
         self._pos = 0
         self._cached: tuple[int, bytes] | None = None  # chunk index, its bytes
 
@@ -279,15 +277,14 @@ class LazyFile(io.RawIOBase):
         """Fill ``buffer`` from the current position; 0 at the end."""
         if self._pos >= self._node.size or not len(buffer):
             return 0
-        index = bisect.bisect_right(self._starts, self._pos) - 1
+        span = self._node.chunk_span(self._pos, self._pos + len(buffer))
+        index = span.start
         chunk = self._node.chunks[index]
-        end = min(self._node.size, self._pos + len(buffer))
-        if end > chunk.start + chunk.size and (self._cached is None or self._cached[0] != index):
+        if len(span) > 1 and (self._cached is None or self._cached[0] != index):
             # a read spanning several chunks: ask for them together (a remote source coalesces
             # adjacent members into one ranged request; a local one does nothing)
-            last = bisect.bisect_left(self._starts, end) - 1
             assert self._source is not None
-            self._source.prefetch(self._node.chunks[index:last + 1])
+            self._source.prefetch(self._node.chunks[span.start:span.stop])
         data = self._chunk(index)
         at = self._pos - chunk.start
         n = min(len(buffer), len(data) - at)
