@@ -16,7 +16,8 @@ import os
 import stat
 from collections.abc import Sequence
 
-from ocistore.archive._paths import _is_opaque, _lstat, is_whiteout_device
+from ocistore import errors
+from ocistore.archive._paths import Resolver, _is_opaque
 
 __all__ = ["adopt_lower_parents", "copy_dir_attributes"]
 
@@ -46,49 +47,38 @@ def adopt_lower_parents(root: str | os.PathLike[str], implicit_dirs: Sequence[st
     members belong where the symlink points).
     """
     top = os.fspath(root)
-    lowers = [os.fspath(d) for d in lower_dirs]
+    # the apply's own merge rules (whiteouts, opaque dirs, a non-directory ending a merge)
+    resolver = Resolver([top, *(os.fspath(d) for d in lower_dirs)], True, lambda *_args: None)
     implicit = set(implicit_dirs)
     templates: list[tuple[str, str]] = []
     for rel in sorted(implicit, key=lambda r: r.count("/")):
-        found = _lower_dirs_of(top, rel, lowers, implicit)
+        found = _lower_template(resolver, rel, implicit)
         if found is None:
             return False
         if found:
-            templates.append((rel, found[0]))
+            templates.append((rel, found))
     for rel, template in templates:
         copy_dir_attributes(template, f"{top}/{rel}", chown)
     return True
 
 
-def _lower_dirs_of(top: str, rel: str, lowers: list[str], implicit: set[str]) -> list[str] | None:
-    """The lower directories merged at ``rel`` (nearest first; [] when the lowers have none
-    or the upper hides them), or None when an implicit component is a non-directory there."""
-    layers = lowers
+def _lower_template(resolver: Resolver, rel: str, implicit: set[str]) -> str | None:
+    """The nearest lower directory merged at ``rel`` ("" when the lowers have none there or the
+    upper hides them), or None when an implicit component is a non-directory there."""
+    top = resolver.layers[0]
+    layers = tuple(range(1, len(resolver.layers)))
     parts = rel.split("/")
     for depth in range(1, len(parts) + 1):
         prefix = "/".join(parts[:depth])
-        dirs: list[str] = []
-        other = False
-        for lower in layers:
-            path = f"{lower}/{prefix}"
-            st = _lstat(path)
-            if st is None:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                dirs.append(lower)
-                if _is_opaque(path):
-                    break
-                continue
-            if not dirs and not is_whiteout_device(st):
-                other = True  # a symlink or file: what the upper's directory would hide
-            break
-        if other:
-            if prefix in implicit:
-                return None  # the member belongs where the lower's symlink points
-            return []  # the layer's own directory replaces it: nothing below to merge
-        if not dirs:
-            return []
+        try:
+            found = resolver.lookup(prefix, layers)
+        except errors.InvalidArgument:
+            found = -1  # a file or device: what the upper's directory hides
+        if isinstance(found, int):  # a symlink (or file) in the lowers
+            return None if prefix in implicit else ""  # else the layer's own directory replaces it
+        if found is None:
+            return ""
         if prefix not in implicit and _is_opaque(f"{top}/{prefix}"):
-            return []  # an opaque directory of the layer hides the lowers below it
-        layers = dirs
-    return [f"{d}/{rel}" for d in layers]
+            return ""  # an opaque directory of the layer hides the lowers below it
+        layers = found
+    return f"{resolver.layers[layers[0]]}/{rel}"

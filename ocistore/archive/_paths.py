@@ -171,6 +171,12 @@ class Resolver:
             self._mkdir(rel, None if layers is None else layers[0], member)
             self._dirs[rel] = (0,) if layers is None else (0, *layers)
 
+    def lookup(self, rel: str, layers: tuple[int, ...]) -> tuple[int, ...] | int | None:
+        """What ``rel`` is in the merged view of ``layers`` (indices into ``self.layers``): the
+        layers holding it as a directory, the layer of a symlink, or None when absent or
+        whited out; InvalidArgument for another file type. Nothing is cached."""
+        return self._lookup(rel, layers)
+
     def _lookup(self, rel: str, parent_layers: tuple[int, ...]) -> tuple[int, ...] | int | None:
         """What ``rel`` is in the merged view.
 
