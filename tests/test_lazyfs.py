@@ -54,6 +54,19 @@ def _pid(container: Any) -> int:
     return int((Path(container.labels[lazyrootfs.LAZY_LABEL]) / "pid").read_text())
 
 
+def _lazy_debian(store: Store, names: dict[str, str], cid: str) -> tuple[Any, Path]:
+    """A new lazy container of debian:gzip (its snapshots dropped first) and its helper's directory."""
+    name = names["debian:gzip"]
+    _fresh(store, name)
+    c = store.containers.create(cid, name, lazy=True)
+    return c, Path(c.labels[lazyrootfs.LAZY_LABEL])
+
+
+def _gone(directory: Path) -> bool:
+    """The helper's directory is removed and nothing is mounted there any more."""
+    return not directory.exists() and str(directory) not in Path("/proc/self/mounts").read_text()
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0]
@@ -137,17 +150,13 @@ def test_background_fill_commits_the_image(corpus: Any) -> None:
 
 def test_delete_unmounts_and_stops_the_helper(corpus: Any) -> None:
     store, names, _root = corpus
-    name = names["debian:gzip"]
-    _fresh(store, name)
-    c = store.containers.create("short", name, lazy=True)
-    directory = Path(c.labels[lazyrootfs.LAZY_LABEL])
+    c, directory = _lazy_debian(store, names, "short")
     pid = _pid(c)
     assert _alive(pid) and is_mounted(directory / "mnt")
     assert "ocistore-lazy" in Path("/proc/self/mounts").read_text()
     store.containers.delete("short")
     assert not _alive(pid)
-    assert not directory.exists()
-    assert str(directory) not in Path("/proc/self/mounts").read_text()
+    assert _gone(directory)
     with pytest.raises(errors.NotFound):
         store.containers.get("short")
     assert store.check().ok
@@ -162,10 +171,7 @@ def _kill(pid: int) -> None:
 @pytest.mark.parametrize("reboot", [False, True])
 def test_a_killed_helper_is_restarted_by_the_next_mounts(corpus: Any, tmp_path: Path, reboot: bool) -> None:
     store, names, _root = corpus
-    name = names["debian:gzip"]
-    _fresh(store, name)
-    c = store.containers.create("killed", name, lazy=True)
-    directory = Path(c.labels[lazyrootfs.LAZY_LABEL])
+    c, directory = _lazy_debian(store, names, "killed")
     (tmp_path / "m").mkdir()
     with mounted(c.mounts, tmp_path / "m") as root:
         (root / "etc/written").write_text("kept in the upper dir\n")
@@ -182,27 +188,24 @@ def test_a_killed_helper_is_restarted_by_the_next_mounts(corpus: Any, tmp_path: 
     assert new_pid != pid and _alive(new_pid) and is_mounted(directory / "mnt")
     with mounted(mounts, tmp_path / "m") as root:
         assert (root / "etc/written").read_text() == "kept in the upper dir\n"
-        assert (root / "etc/os-release").read_bytes() == store.read_file(name, "etc/os-release")
+        assert (root / "etc/os-release").read_bytes() == store.read_file(c.image, "etc/os-release")
     assert again.mounts == mounts  # serving: nothing restarted
     assert _pid(store.containers.get("killed")) == new_pid
     store.containers.delete("killed")
     assert not _alive(new_pid)
-    assert not directory.exists() and str(directory) not in Path("/proc/self/mounts").read_text()
+    assert _gone(directory)
     assert store.check().ok
 
 
 def test_a_helper_that_cannot_be_restarted_is_an_error_not_a_hang(corpus: Any) -> None:
     store, names, _root = corpus
-    name = names["debian:gzip"]
-    _fresh(store, name)
-    c = store.containers.create("broken", name, lazy=True)
-    directory = Path(c.labels[lazyrootfs.LAZY_LABEL])
+    c, directory = _lazy_debian(store, names, "broken")
     _kill(_pid(c))
     (directory / "helper.json").write_text("{not json")
     with pytest.raises(errors.Unavailable, match="cannot be restarted"):
         store.containers.get("broken").mounts  # noqa: B018 - the property raises
     store.containers.delete("broken")
-    assert not directory.exists() and str(directory) not in Path("/proc/self/mounts").read_text()
+    assert _gone(directory)
     assert store.check().ok
 
 
