@@ -5,7 +5,7 @@ Usage (as root, from the project root):
 
     python benches/pipeline.py [--repeat 5] [--big-layout DIR] [--loop-ext4 6] [--work DIR]
                                [--create-runs 21] [--out benches/out] [--drop-caches]
-                               [--only pull ctr apply create]
+                               [--only pull ctr apply create] [--baseline DIR]
 
 A real registry (the fixture kit's CNCF distribution, plain HTTP on 127.0.0.1) is loaded
 with ``ml:big`` (from ``--big-layout``, made by ``build-images --big``), ``debian:gzip`` and
@@ -25,6 +25,8 @@ each step in its own fresh process (ocistore steps time the API call after the i
 
 ``--only`` runs some of the parts (``create`` needs ``pull``). The pull and the fetch/unpack
 sides run back to back, pull first in even repetitions and fetch/unpack first in odd ones.
+``--baseline DIR`` (another checkout, e.g. an export of an older commit) times that tree's
+pull, fetch and unpack in the same repetitions as a third side, the order rotating.
 Before every timed step: ``sync`` and writeback drained (``--drop-caches``: and the page cache
 dropped, for every side), 1 s settle. Peak RSS is the
 child's ``ru_maxrss``. Every figure is the median of the repetitions with min, max and the
@@ -87,20 +89,22 @@ print('{"s": %f}' % (time.perf_counter() - t))
 """
 
 
-def env_for(work: Path, bytecode: bool = True) -> dict[str, str]:
+def env_for(work: Path, bytecode: bool = True, tree: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    tree = tree or REPO
+    env["PYTHONPATH"] = str(tree) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if bytecode:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        env["PYTHONPYCACHEPREFIX"] = str(work / ("pycache" if tree == REPO else "pycache-baseline"))
     else:  # the standard library keeps its own __pycache__; ocistore (no __pycache__ here) is compiled
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env.pop("PYTHONPYCACHEPREFIX", None)
     return env
 
 
-def child(work: Path, scenario: str, root: Path, ref: str) -> tuple[dict[str, Any], int]:
-    r = C.run_child([sys.executable, "-c", CHILD, scenario, str(root), ref], env=env_for(work), timeout=1800)
+def child(work: Path, scenario: str, root: Path, ref: str, tree: Path | None = None) -> tuple[dict[str, Any], int]:
+    r = C.run_child([sys.executable, "-c", CHILD, scenario, str(root), ref], env=env_for(work, tree=tree),
+                    timeout=1800)
     out: dict[str, Any] = r.json()
     return out, r.maxrss_kb
 
@@ -157,12 +161,28 @@ def one_repetition(a: argparse.Namespace, work: Path, reg: C.LocalRegistry, rep:
             out, rss = child(work, "unpack", fs / "r", big)
             res["unpack"], res["unpack_rss_kb"] = out["s"], rss
 
+    def baseline_side() -> None:  # --baseline: the other checkout's pull and unpack, on fresh ext4s
+        baseline = Path(a.baseline).resolve()
+        with C.loop_ext4(a.loop_ext4, work, f"b{rep}") as fs:
+            C.settle(a.settle, a.drop_caches)
+            res["baseline_pull"] = child(work, "pull", fs / "r", big, baseline)[0]["s"]
+        with C.loop_ext4(a.loop_ext4, work, f"bf{rep}") as fs:
+            C.settle(a.settle, a.drop_caches)
+            res["baseline_fetch"] = child(work, "fetch", fs / "r", big, baseline)[0]["s"]
+            C.settle(a.settle, a.drop_caches)
+            res["baseline_unpack"] = child(work, "unpack", fs / "r", big, baseline)[0]["s"]
+
     if "pull" in only:
         # the two sides of the ratio run one right after the other, in alternating order, so
         # that a burst of load elsewhere on the machine does not always land on the same side
-        for side in ((pull_side, split_side) if rep % 2 == 0 else (split_side, pull_side)):
+        sides = [pull_side, split_side, *([baseline_side] if a.baseline else [])]
+        shift = rep % len(sides)
+        for side in sides[shift:] + sides[:shift]:
             side()
         res["pull_over_max"] = res["pull"] / max(res["fetch"], res["unpack"])
+        if a.baseline:
+            res["baseline_pull_over_max"] = res["baseline_pull"] / max(res["baseline_fetch"],
+                                                                       res["baseline_unpack"])
     if "ctr" in only:  # containerd: ctr images pull on its own fresh ext4
         with C.loop_ext4(a.loop_ext4, work, f"c{rep}") as fs:
             opts = ["--hosts-dir", reg.hosts_dir] if reg.hosts_dir else ["--plain-http"]
@@ -227,6 +247,10 @@ ROWS = [
     ("ml:big unpack alone, after the fetch (ocistore)", "unpack", "s"),
     ("pull / max(fetch, unpack)  (goal <= 1.1)", "pull_over_max", "x"),
     ("pull / ctr images pull  (goal <= 0.30)", "pull_over_ctr", "x"),
+    ("--baseline: ml:big pull", "baseline_pull", "s"),
+    ("--baseline: ml:big fetch alone", "baseline_fetch", "s"),
+    ("--baseline: ml:big unpack alone", "baseline_unpack", "s"),
+    ("--baseline: pull / max(fetch, unpack)", "baseline_pull_over_max", "x"),
     ("debian:zstd apply_layer", "apply_zstd", "s"),
     ("debian:zstd `zstd -dc | tar -x`", "tool_zstd", "s"),
     ("zstd apply / zstd|tar  (goal <= 1.0)", "apply_zstd_ratio", "x"),
@@ -287,6 +311,8 @@ def main() -> None:
                     help="parts to run: pull (pull, fetch, unpack), ctr, apply (vs GNU tar), create "
                          "(after the pull); default all")
     ap.add_argument("--out", default=str(REPO / "benches" / "out"))
+    ap.add_argument("--baseline", help="another checkout whose pull, fetch and unpack are timed in the same "
+                                       "repetitions (a before / after on a noisy machine)")
     a = ap.parse_args()
     C.require_root()
     C.exit_on_sigterm()

@@ -24,6 +24,8 @@ from ocistore.archive._tarformat import (
 )
 from ocistore.archive._usage import UsageCounter
 from ocistore.archive._writer import (
+    FILE_FLAGS,
+    MAX_NS,
     MetadataPolicy,
     create_file,
     is_overlay_whiteout,
@@ -82,14 +84,20 @@ class Applier:
 
     def apply_all(self, reader: TarReader) -> None:
         """Apply every member, then the directory times."""
-        while (entry := reader.next()) is not None:
-            self.entries += 1
-            try:
-                self.apply(entry, reader)
-            except errors.Error:
-                raise
-            except OSError as exc:
-                raise _archive_error(exc, entry.name) from None
+        apply = self.apply
+        next_entry = reader.next
+        entries = 0
+        try:
+            while (entry := next_entry()) is not None:
+                entries += 1
+                try:
+                    apply(entry, reader)
+                except errors.Error:
+                    raise
+                except OSError as exc:
+                    raise _archive_error(exc, entry.name) from None
+        finally:
+            self.entries += entries
         try:
             self._apply_dir_times()
         except OSError as exc:
@@ -113,22 +121,27 @@ class Applier:
         parent = self.resolver.parent(parts, entry.name)
         assert parent is not None
         rel = f"{parent}/{base}" if parent else base
-        path = f"{self.root}/{rel}"
         kind = entry.type
         if kind == TYPE_REG:
-            self._regular(entry, rel, path, reader)
+            self._regular(entry, rel, reader)
         elif kind == TYPE_DIR:
-            self._directory(entry, rel, path)
+            self._directory(entry, rel)
         elif kind == TYPE_SYMLINK:
-            self._symlink(entry, rel, path)
+            self._symlink(entry, rel)
         elif kind == TYPE_LINK:
-            self._hardlink(entry, rel, path)
+            self._hardlink(entry, rel)
         elif kind in (TYPE_CHAR, TYPE_BLOCK, TYPE_FIFO):
-            if not self._special(entry, rel, path):
+            if not self._special(entry, rel):
                 return
         else:  # pragma: no cover - the parser only returns the types above
             raise errors.InvalidArgument(f"member {entry.name!r}: unsupported type {kind!r}")
-        self.mark(rel)
+        # mark(rel), inline
+        self.unpacked.add(rel)
+        parent, _, _ = rel.rpartition("/")
+        keep = self.keep
+        while parent and parent not in keep:
+            keep.add(parent)
+            parent = parent.rpartition("/")[0]
 
     def mark(self, rel: str) -> None:
         """Record ``rel`` (and its ancestors) as written by this layer."""
@@ -152,16 +165,24 @@ class Applier:
             self.removals += 1
             self.resolver.invalidate()
 
-    def _regular(self, entry: TarEntry, rel: str, path: str, reader: TarReader) -> None:
-        self._replacing(rel)
+    def _regular(self, entry: TarEntry, rel: str, reader: TarReader) -> None:
+        if self.resolver.is_cached_dir(rel):  # _replacing(rel), inline
+            self.resolver.invalidate()
         mode = entry.mode
         try:
-            fd = create_file(rel, mode & 0o777, self.root_fd)
-        except IsADirectoryError:
-            self._clear(rel, path)
-            fd = create_file(rel, mode & 0o777, self.root_fd)
+            fd = os.open(rel, FILE_FLAGS, mode & 0o777, dir_fd=self.root_fd)  # create_file's first try
+        except FileExistsError:
+            try:
+                fd = create_file(rel, mode & 0o777, self.root_fd)
+            except IsADirectoryError:
+                self._clear(rel, f"{self.root}/{rel}")
+                fd = create_file(rel, mode & 0o777, self.root_fd)
         try:
-            write_file_data(fd, entry, reader)
+            if entry.sparse is None:  # write_file_data, inline for the common case
+                if entry.size:
+                    reader.copy_to_fd(fd, entry.size)
+            else:
+                write_file_data(fd, entry, reader)
             # one fstat tells which of chown and chmod the new inode still needs (it was
             # created by this process, so it carries our euid and the gid the kernel chose:
             # egid, or the parent's under a setgid dir or a grpid mount), and gives the usage
@@ -173,17 +194,22 @@ class Applier:
                 st = os.fstat(fd)  # an xattr may take a block of its own
             if stat.S_IMODE(st.st_mode) != mode:  # bits the umask cleared, setuid/setgid/sticky
                 os.fchmod(fd, mode)  # after the chown, which would clear setuid/setgid
-            os.utime(fd, ns=times_of(entry))
+            mtime = entry.mtime_ns
+            if entry.atime_ns is None and 0 <= mtime <= MAX_NS:  # times_of(entry), inline
+                os.utime(fd, ns=(mtime, mtime))
+            else:
+                os.utime(fd, ns=times_of(entry))
             self.counter.file(rel, st)
         finally:
             os.close(fd)
         dedup = self.dedup
         if (dedup is not None and entry.size >= dedup.threshold and entry.sparse is None
-                and dedup.file_written(rel, path)):
+                and dedup.file_written(rel, f"{self.root}/{rel}")):
             self.counter.removed()  # now a link to another snapshot's file: the commit walks the tree
 
-    def _directory(self, entry: TarEntry, rel: str, path: str) -> None:
+    def _directory(self, entry: TarEntry, rel: str) -> None:
         opaque = False
+        path = f"{self.root}/{rel}"
         try:
             os.mkdir(rel, 0o700, dir_fd=self.root_fd)
         except FileExistsError:
@@ -202,8 +228,9 @@ class Applier:
         self.dir_times.append((rel, *times_of(entry)))
         self.counter.directory(rel)
 
-    def _symlink(self, entry: TarEntry, rel: str, path: str) -> None:
+    def _symlink(self, entry: TarEntry, rel: str) -> None:
         self._replacing(rel)
+        path = f"{self.root}/{rel}"
         try:
             os.symlink(entry.linkname, rel, dir_fd=self.root_fd)
         except FileExistsError:
@@ -212,7 +239,7 @@ class Applier:
         self._metadata(entry, rel, path, regular_or_dir=False, chmod=False)
         self.counter.other(rel)
 
-    def _hardlink(self, entry: TarEntry, rel: str, path: str) -> None:
+    def _hardlink(self, entry: TarEntry, rel: str) -> None:
         target_parts = clean_name(entry.linkname, f"hard link target of {entry.name!r}:")
         if not target_parts:
             raise errors.UnsafeArchive(f"member {entry.name!r}: hard link to the root directory")
@@ -228,6 +255,7 @@ class Applier:
         if target_rel == rel:
             return
         self._replacing(rel)
+        path = f"{self.root}/{rel}"
         target = f"{self.root}/{target_rel}"
         try:
             os.link(target, path, follow_symlinks=False)
@@ -237,7 +265,8 @@ class Applier:
         self.counter.other(rel)
         # no metadata: a hard link shares the inode (and metadata) of its target
 
-    def _special(self, entry: TarEntry, rel: str, path: str) -> bool:
+    def _special(self, entry: TarEntry, rel: str) -> bool:
+        path = f"{self.root}/{rel}"
         if entry.type == TYPE_FIFO:
             mode = stat.S_IFIFO
             device = 0

@@ -6,14 +6,20 @@ Two worker threads feed the tar parser running in the caller's thread:
   decompresses them (isal / zstandard release the GIL while they work);
 * the *hasher* hashes the uncompressed bytes (diffID) and passes them on.
 
-Chunks travel through bounded queues, so memory does not grow with the layer size.
+Chunks travel through bounded channels, so memory does not grow with the layer size.
 An error in a worker is handed to the consumer and raised there; :meth:`close`
 stops both workers whatever state they are in.
+
+A hand-off between two threads costs a futex wake-up, and the thread woken needs the GIL
+back: on a busy 2-vCPU machine that is most of what the workers cost besides their C
+calls. So a channel wakes a waiting producer only once its consumer has drained it to
+half (one wake-up refills several chunks), wakes a consumer only when it waits, and the
+hasher takes every chunk queued at once.
 """
 
 from __future__ import annotations
 
-import queue
+import collections
 import threading
 from typing import BinaryIO
 
@@ -23,8 +29,78 @@ from ocistore.oci.digest import Hasher, new_hasher
 
 __all__ = ["Pipeline"]
 
-_QUEUE_DEPTH = 6  # chunks of at most 1 MiB each, per queue
+_QUEUE_DEPTH = 6  # chunks of at most 1 MiB each, per channel
+_LOW_WATER = _QUEUE_DEPTH // 2  # a producer that waited for room goes on once a channel is down to this
+_WAIT = 0.1  # seconds between checks of the stop flag while waiting
 _DONE = object()
+
+
+class _Channel:
+    """A bounded FIFO between one producer and one consumer thread, with few wake-ups."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._items: collections.deque[object] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._stop = stop
+        self._producer_waiting = False
+        self._consumer_waiting = False
+
+    def put(self, item: object) -> bool:
+        """Queue ``item``, waiting while the channel is full; False once the pipeline stops."""
+        with self._cond:
+            if len(self._items) >= _QUEUE_DEPTH:
+                self._producer_waiting = True
+                try:
+                    while len(self._items) > _LOW_WATER:
+                        if self._stop.is_set():
+                            return False
+                        self._cond.wait(_WAIT)
+                finally:
+                    self._producer_waiting = False
+            if self._stop.is_set():
+                return False
+            self._items.append(item)
+            if self._consumer_waiting:
+                self._cond.notify()
+            return True
+
+    def get(self, wait: float | None = None) -> object:
+        """The oldest item; waits for one (``None`` after ``wait`` seconds with nothing)."""
+        with self._cond:
+            if not self._items:
+                self._consumer_waiting = True
+                try:
+                    while not self._items:
+                        if not self._cond.wait(wait) and wait is not None and not self._items:
+                            return None
+                finally:
+                    self._consumer_waiting = False
+            item = self._items.popleft()
+            if self._producer_waiting and len(self._items) <= _LOW_WATER:
+                self._cond.notify()
+            return item
+
+    def get_all(self, wait: float) -> list[object]:
+        """Every item queued (at least one), or ``[]`` after ``wait`` seconds with nothing."""
+        with self._cond:
+            if not self._items:
+                self._consumer_waiting = True
+                try:
+                    if not self._cond.wait_for(lambda: self._items, wait):
+                        return []
+                finally:
+                    self._consumer_waiting = False
+            items = list(self._items)
+            self._items.clear()
+            if self._producer_waiting:
+                self._cond.notify()
+            return items
+
+    def clear(self) -> None:
+        """Drop what is queued and wake whoever waits (the pipeline is stopping)."""
+        with self._cond:
+            self._items.clear()
+            self._cond.notify_all()
 
 
 class Pipeline:
@@ -54,9 +130,9 @@ class Pipeline:
         self._diff_algorithm = diff_id_algorithm
         self.compressed_size = 0
         self.uncompressed_size = 0
-        self._compressed_q: queue.Queue[object] = queue.Queue(_QUEUE_DEPTH)
-        self._plain_q: queue.Queue[object] = queue.Queue(_QUEUE_DEPTH)
         self._stop = threading.Event()
+        self._compressed_q = _Channel(self._stop)
+        self._plain_q = _Channel(self._stop)
         self._finished = False
         self._threads = [
             threading.Thread(target=self._inflate, name="ocistore-inflate", daemon=True),
@@ -102,23 +178,13 @@ class Pipeline:
         for thread in self._threads:
             while thread.is_alive():
                 for q in (self._compressed_q, self._plain_q):
-                    try:
-                        while True:
-                            q.get_nowait()
-                    except queue.Empty:
-                        pass
+                    q.clear()
                 thread.join(0.01)
 
     # -- workers -------------------------------------------------------------------------
 
-    def _put(self, q: queue.Queue[object], item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def _put(self, q: _Channel, item: object) -> bool:
+        return q.put(item)
 
     def _read(self, n: int) -> bytes:
         if self._stop.is_set():
@@ -184,25 +250,21 @@ class Pipeline:
             and self._blob_algorithm == self._diff_algorithm
         )
         while True:
-            try:
-                item = src.get(timeout=0.1)
-            except queue.Empty:
-                if self._stop.is_set():
-                    return
-                continue
+            items = src.get_all(_WAIT)  # what the inflater queued meanwhile: one hand-off for several
             if self._stop.is_set():
                 return
-            if isinstance(item, bytes):
-                self.uncompressed_size += len(item)
-                if not same:
-                    update(item)
-            if not self._put(dst, item):
-                return
-            if not isinstance(item, bytes):
-                if same and item is _DONE:
-                    assert self._blob_hasher is not None
-                    self._diff_hasher = self._blob_hasher  # the same bytes: hashed once
-                return
+            for item in items:
+                if isinstance(item, bytes):
+                    self.uncompressed_size += len(item)
+                    if not same:
+                        update(item)
+                if not dst.put(item):
+                    return
+                if not isinstance(item, bytes):
+                    if same and item is _DONE:
+                        assert self._blob_hasher is not None
+                        self._diff_hasher = self._blob_hasher  # the same bytes: hashed once
+                    return
 
 
 class _Stopped(Exception):

@@ -138,6 +138,22 @@ def parse_number(field: bytes, what: str) -> int:
         raise _bad(f"{what}: {text[:16]!r} is not an octal number") from None
 
 
+_NUMBERS: dict[bytes, int] = {}  # numeric header fields already parsed (octal ASCII only)
+_NUMBERS_MAX = 4096
+
+
+def _cached_number(field: bytes, what: str) -> int:
+    """``parse_number``, remembering the octal fields (the next headers repeat most of them)."""
+    try:
+        value = int(field.rstrip(b"\x00"), 8)
+    except ValueError:
+        return parse_number(field, what)
+    if len(_NUMBERS) >= _NUMBERS_MAX:  # bounded, whatever the archive holds
+        _NUMBERS.clear()
+    _NUMBERS[field] = value
+    return value
+
+
 def _byte_sum(data: bytes) -> int:
     # adler32's low half is 1 + sum(bytes) mod 65521; 256 bytes never reach the modulus,
     # so two halves give the exact sum at C speed
@@ -252,6 +268,16 @@ class TarReader:
             raise _bad(f"member {self.current!r}: sparse map covers more data than the member holds")
         self._remaining -= n
         write = os.write
+        pos = self._pos
+        if offset is None and len(self._buf) - pos >= n:  # all in this chunk: one write, as a rule
+            end = pos + n
+            self._pos = end
+            view = self._view[pos:end]
+            done = write(fd, view)
+            while done < len(view):  # a short write (a signal, a full disk about to say so)
+                view = view[done:]
+                done = write(fd, view)
+            return
         while n:
             pos = self._pos
             avail = len(self._buf) - pos
@@ -276,21 +302,40 @@ class TarReader:
     def next(self) -> TarEntry | None:
         """The next member, or None at the end of the archive."""
         if self._remaining or self._padding:
-            self._finish_member()
+            end = self._pos + self._remaining + self._padding
+            if end <= len(self._buf):  # the member's data and padding are in this chunk
+                self._pos = end
+                self._remaining = self._padding = 0
+            else:
+                self._finish_member()
         ext: _Extensions | None = None
         while True:
-            block = self._read_block()
-            if block is None:
-                return None  # end of stream on a block boundary: accepted, as Go's archive/tar does
+            pos = self._pos
+            buf = self._buf
+            if len(buf) - pos >= BLOCK:  # the common case of _read_block, inline
+                self._pos = pos + BLOCK
+                block = buf[pos : pos + BLOCK]
+            else:
+                read = self._read_block()
+                if read is None:
+                    return None  # end of stream on a block boundary: accepted, as Go's archive/tar does
+                block = read
             if block == _ZERO_BLOCK:
                 second = self._read_block()
                 if second is None or second == _ZERO_BLOCK:
                     return None
                 raise _bad("a zero block followed by a non-zero block")
             fields = _HEADER.unpack(block)
-            _verify_checksum(block, fields[6])
+            checksum = fields[6]
+            # the unsigned sum with the checksum field read as spaces (8 * 0x20); see _byte_sum
+            unsigned = ((adler32(block[:256], 0) & 0xFFFF) + (adler32(block[256:], 0) & 0xFFFF)
+                        - (adler32(checksum, 0) & 0xFFFF) + 256)
+            if checksum != b"%06o\x00 " % unsigned:  # not written the way GNU tar and Go write it
+                _verify_checksum(block, checksum)  # any other spelling, the signed sum; raises on a mismatch
             flag = fields[7]
-            size = parse_number(fields[4], "size field")
+            size = _NUMBERS.get(fields[4])
+            if size is None:
+                size = _cached_number(fields[4], "size field")
             if size < 0:
                 raise _bad(f"negative size in the header of {_decode(_cstring(fields[0]))!r}")
             self._remaining = size
@@ -322,14 +367,21 @@ class TarReader:
                 name = ext.long_name
             if ext.long_link is not None:
                 link = ext.long_link
+        numbers = _NUMBERS  # mode, owner and time fields repeat from member to member
+        mode = numbers.get(fields[1])
+        if mode is None:
+            mode = _cached_number(fields[1], "mode field")
+        uid = numbers.get(fields[2])
+        if uid is None:
+            uid = _cached_number(fields[2], "uid field")
+        gid = numbers.get(fields[3])
+        if gid is None:
+            gid = _cached_number(fields[3], "gid field")
+        mtime = numbers.get(fields[5])
+        if mtime is None:
+            mtime = _cached_number(fields[5], "mtime field")
         entry = TarEntry(
-            _decode(name),
-            "",
-            parse_number(fields[1], "mode field") & 0o7777,
-            parse_number(fields[2], "uid field"),
-            parse_number(fields[3], "gid field"),
-            size,
-            parse_number(fields[5], "mtime field") * 1_000_000_000,
+            name.decode("utf-8", "surrogateescape"), "", mode & 0o7777, uid, gid, size, mtime * 1_000_000_000
         )
         if link[:1] != b"\x00":
             entry.linkname = _decode(_cstring(link))

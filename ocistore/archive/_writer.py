@@ -17,6 +17,8 @@ from ocistore.archive._paths import is_whiteout_device
 from ocistore.archive._tarformat import TarEntry, TarReader
 
 __all__ = [
+    "FILE_FLAGS",
+    "MAX_NS",
     "MetadataPolicy",
     "create_file",
     "remove_path",
@@ -24,8 +26,8 @@ __all__ = [
     "times_of",
 ]
 
-_MAX_NS = (1 << 63) - 1
-_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_NS = (1 << 63) - 1  # the latest time a file can carry (ns); later ones become 0
+FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _IGNORED_XATTR_ERRNOS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
@@ -38,8 +40,8 @@ class MetadataPolicy:
 
 def times_of(entry: TarEntry) -> tuple[int, int]:
     """(atime, mtime) in ns: atime is max(atime, mtime); out-of-range times become 0."""
-    mtime = entry.mtime_ns if 0 <= entry.mtime_ns <= _MAX_NS else 0
-    atime = entry.atime_ns if entry.atime_ns is not None and 0 <= entry.atime_ns <= _MAX_NS else 0
+    mtime = entry.mtime_ns if 0 <= entry.mtime_ns <= MAX_NS else 0
+    atime = entry.atime_ns if entry.atime_ns is not None and 0 <= entry.atime_ns <= MAX_NS else 0
     return (atime if atime > mtime else mtime), mtime
 
 
@@ -66,13 +68,13 @@ def create_file(path: str, mode: int, dir_fd: int | None = None) -> int:
     directory is in the way (the caller decides).
     """
     try:
-        return os.open(path, _FILE_FLAGS, mode, dir_fd=dir_fd)
+        return os.open(path, FILE_FLAGS, mode, dir_fd=dir_fd)
     except FileExistsError:
         st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "a directory is in the way", path) from None
         os.unlink(path, dir_fd=dir_fd)
-        return os.open(path, _FILE_FLAGS, mode, dir_fd=dir_fd)
+        return os.open(path, FILE_FLAGS, mode, dir_fd=dir_fd)
 
 
 def write_file_data(fd: int, entry: TarEntry, reader: TarReader) -> None:
