@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from archive_helpers import CORPUS
-from lazy_helpers import dir_tree, store_plain_image, tar_layer
+from lazy_helpers import dir_tree, record_ranged_reads, store_plain_image, tar_layer
 
 from ocistore import Store, errors
 from ocistore.mount import is_mounted, mounted
@@ -135,7 +135,10 @@ def test_background_fill_commits_the_image(corpus: Any) -> None:
     c = store.containers.create("filled", name, lazy=True)
     log = Path(c.labels[lazyrootfs.LAZY_LABEL]) / "log"
     deadline = time.monotonic() + 300
-    while not store.is_unpacked(name) and time.monotonic() < deadline:
+    # the helper commits the chain and only then logs "filled": wait for both
+    while time.monotonic() < deadline and not (
+        store.is_unpacked(name) and "filled" in log.read_text()
+    ):
         time.sleep(0.2)
     assert store.is_unpacked(name), log.read_text()
     assert "prefetched" in log.read_text() and "filled" in log.read_text()
@@ -270,3 +273,52 @@ def test_no_fill_and_reads_at_offsets_of_a_many_chunk_file(tmp_path: Path) -> No
         finally:
             store.containers.delete("nofill")
         assert store.check().ok
+
+
+@pytest.mark.registry
+def test_a_recorded_profile_prefetches_the_next_start(corpus: Any, tmp_path: Path, registry_plain: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Container.read_profile`` gives the byte ranges the lazy rootfs served; ``store.prefetch``
+    of it in another store makes the same reads there cost no request."""
+
+    store, names, _root = corpus
+    name = names["debian:gzip"]
+    ref = registry_plain.ref("lazyfs/debian:esgz")
+    store.push(name, ref, **registry_plain.client_options())
+    bash = store.read_file(name, "usr/bin/bash")
+    with Store(tmp_path / "first", **registry_plain.client_options()) as first:
+        image = first.fetch(ref, lazy=True)
+        c = first.containers.create("rec", image.name, lazy=True, fill=False)
+        try:
+            (tmp_path / "mnt").mkdir()
+            with mounted(c.mounts, tmp_path / "mnt") as root:
+                assert (root / "etc/os-release").read_bytes()
+                fd = os.open(root / "usr/bin/bash", os.O_RDONLY)
+                try:
+                    assert os.pread(fd, 5000, 300_000) == bash[300_000:305_000]
+                finally:
+                    os.close(fd)
+                profile = c.read_profile()
+                assert c.read_profile() == profile  # nothing read in between
+        finally:
+            first.containers.delete("rec")
+        assert first.check().ok
+    release = profile["usr/lib/os-release"]  # etc/os-release is a symlink: the file read is its target
+    assert release[0][0] == 0
+    assert any(s <= 300_000 and e >= 305_000 for s, e in profile["usr/bin/bash"])
+    assert "usr/bin/ls" not in profile
+    with pytest.raises(errors.FailedPrecondition):
+        store.containers.create("plain", name).read_profile()
+    store.containers.delete("plain")
+
+    with Store(tmp_path / "second", **registry_plain.client_options()) as second:
+        image = second.fetch(ref, lazy=True)
+        result = second.prefetch(image.name, profile)
+        assert result.files == len(profile) and not result.skipped and result.requests >= 1
+        asked = record_ranged_reads(monkeypatch)
+        with second.open_file(image.name, "usr/bin/bash") as f:
+            f.seek(300_000)
+            assert f.read(5000) == bash[300_000:305_000]
+        assert second.read_file(image.name, "etc/os-release") == store.read_file(name, "etc/os-release")
+        assert asked == []
+        assert second.check().ok
