@@ -6,7 +6,8 @@ Usage (as root, from the project root):
     python benches/lazy.py [--images debian:gzip app:layers ml:big] [--repeat 3]
                            [--big-layout DIR] [--work /var/tmp/ocistore-bench-lazy] [--port 5072]
                            [--out benches/out] [--level 6] [--chunk-kib 4096]
-                           [--modes ...] [--import-torch]
+                           [--modes ...] [--import-torch] [--loop-ext4 4]
+                           [--profile recorded|ranges]
 
 A real registry (the fixture kit's ``registry`` script, plain HTTP on 127.0.0.1) is started.
 Each image (``ml:big`` from ``--big-layout``, a layout made by ``build-images --big``) is
@@ -29,7 +30,18 @@ Then, for each image and repetition, from a fresh store root every time, in this
   file in full (the workload of the first run of this bench);
 * ``lazy fetch + prefetch landmark``: fetch lazily, ``containers.create(lazy=True, fill=False)``
   (FUSE rootfs; the prioritized files are fetched before it returns; no background unpack)
-  -> mount -> replay through it.
+  -> mount -> replay through it;
+* ``lazy fetch + prefetch profile``: fetch lazily, ``store.prefetch(image, profile)`` (their chunks
+  in a few multi-range requests), then replay through ``store.open_file``. The profile
+  (``--profile recorded``, the default) is what ocistore records of the start, once per image
+  before the runs: a lazy container's FUSE rootfs serves the replayed start and
+  ``Container.read_profile`` returns the ranges the kernel asked for (readahead included);
+  ``--profile ranges`` prefetches the workload's ranges themselves;
+* ``lazy fetch + prefetch profile + FUSE``: ``containers.create(lazy=True, fill=False,
+  prefetch=profile)`` (the same prefetch, while the FUSE helper starts) -> mount -> replay through
+  the FUSE rootfs.
+
+Each run's store root is on a fresh loop-mounted ext4 of ``--loop-ext4`` GB (0: under ``--work``).
 
 ``--import-torch`` (ml:big) adds two real starts, timed from the fetch to the end of a
 ``python3.11 -c "import torch"`` child (the host's interpreter, ``sys.path`` pointing at the
@@ -65,12 +77,12 @@ import common as C  # noqa: E402
 from ocistore import Store  # noqa: E402
 from ocistore.mount import mount, unmount  # noqa: E402
 
-PULL, UNPACK, ONDEMAND, WHOLE, LANDMARK = (
+PULL, UNPACK, ONDEMAND, WHOLE, LANDMARK, PROFILE, PROFILE_FUSE = (
     "pull", "fetch + lazy unpack", "lazy fetch + on-demand reads", "lazy fetch + on-demand reads, whole files",
-    "lazy fetch + prefetch landmark")
-MODES = [PULL, UNPACK, ONDEMAND, LANDMARK]
+    "lazy fetch + prefetch landmark", "lazy fetch + prefetch profile", "lazy fetch + prefetch profile + FUSE")
+MODES = [PULL, UNPACK, ONDEMAND, LANDMARK, PROFILE, PROFILE_FUSE]
 IMPORT_PULL, IMPORT_LAZY = "pull + import torch", "lazy fetch + FUSE + import torch"
-ALL_MODES = [PULL, UNPACK, ONDEMAND, WHOLE, LANDMARK, IMPORT_PULL, IMPORT_LAZY]
+ALL_MODES = [PULL, UNPACK, ONDEMAND, WHOLE, LANDMARK, PROFILE, PROFILE_FUSE, IMPORT_PULL, IMPORT_LAZY]
 SITE = "opt/venv/lib/python3.11/site-packages"
 PYTHON = "python3.11"
 
@@ -170,10 +182,45 @@ def import_torch(root: Path) -> None:
     subprocess.run([PYTHON, "-c", code], check=True, stdout=subprocess.DEVNULL)
 
 
-def run_mode(mode: str, ref: str, ranges: Ranges, work: Path, reglog: RegistryLog) -> dict[str, Any]:
-    root = work / "run"
-    mnt = work / "mnt"
+def record_profile(ref: str, ranges: Ranges, work: Path) -> Ranges:
+    """The profile ocistore records of the start: a lazy container (no fill) of a lazy fetch,
+    the start's reads replayed through its FUSE rootfs, then ``Container.read_profile`` (the
+    ranges the kernel asked the rootfs for, readahead included). Not timed."""
+    root, mnt = work / "record", work / "mnt"
     shutil.rmtree(root, ignore_errors=True)
+    mnt.mkdir(exist_ok=True)
+    with Store(root, plain_http=True) as store:
+        img = store.fetch(ref, lazy=True)
+        c = store.containers.create("rec", img.name, lazy=True, fill=False)
+        try:
+            mount(c.mounts, mnt)
+            try:
+                replay(lambda f: open(mnt / f, "rb"), ranges)  # noqa: SIM115 (replay closes it)
+                profile = c.read_profile()
+            finally:
+                unmount(mnt)
+        finally:
+            store.containers.delete("rec")
+    shutil.rmtree(root, ignore_errors=True)
+    return profile
+
+
+def run_mode(mode: str, ref: str, ranges: Ranges, work: Path, reglog: RegistryLog, loop_gb: float,
+             profile: Ranges | None = None) -> dict[str, Any]:
+    """One run of ``mode`` from a fresh store root: on a fresh loop-mounted ext4 of ``loop_gb`` GB
+    (the root disk here is slow and erratic at creating files), or under ``work`` when 0.
+    ``profile``: what the prefetch-profile modes prefetch (default: ``ranges``)."""
+    if not loop_gb:
+        root = work / "run"
+        shutil.rmtree(root, ignore_errors=True)
+        return _run_mode(mode, ref, ranges, root, work, reglog, profile)
+    with C.loop_ext4(loop_gb, work, "fs") as fs:
+        return _run_mode(mode, ref, ranges, fs / "root", work, reglog, profile)
+
+
+def _run_mode(mode: str, ref: str, ranges: Ranges, root: Path, work: Path, reglog: RegistryLog,
+              profile: Ranges | None = None) -> dict[str, Any]:
+    mnt = work / "mnt"
     mnt.mkdir(exist_ok=True)
     store = Store(root, plain_http=True)
     out: dict[str, Any] = {}
@@ -187,6 +234,11 @@ def run_mode(mode: str, ref: str, ranges: Ranges, work: Path, reglog: RegistryLo
         else:
             img = store.fetch(ref, lazy=True)
             c = None
+            wanted = ranges if profile is None else profile  # the start's recorded reads
+            if mode == PROFILE:
+                store.prefetch(img.name, wanted)
+            if mode == PROFILE_FUSE:  # prefetched while the FUSE helper starts
+                c = store.containers.create("c", img.name, lazy=True, fill=False, prefetch=wanted)
             if mode in (LANDMARK, IMPORT_LAZY):
                 c = store.containers.create("c", img.name, lazy=True, fill=False)
         if c is None:
@@ -255,6 +307,11 @@ def main() -> None:
     ap.add_argument("--chunk-kib", type=int, default=4096, help="eStargz chunk size of the conversion, KiB")
     ap.add_argument("--modes", nargs="+", default=MODES, choices=ALL_MODES)
     ap.add_argument("--import-torch", action="store_true", help="ml:big: also time real `import torch` starts")
+    ap.add_argument("--profile", choices=("recorded", "ranges"), default="recorded",
+                    help="what the prefetch-profile modes prefetch: the profile ocistore records of the start "
+                         "through a lazy rootfs (Container.read_profile), or the workload's ranges themselves")
+    ap.add_argument("--loop-ext4", type=float, default=4.0,
+                    help="GB of the fresh loop-mounted ext4 each run's store root is made on (0: under --work)")
     ap.add_argument("--out", default=str(HERE / "out"))
     a = ap.parse_args()
     C.require_root()
@@ -272,15 +329,22 @@ def main() -> None:
             ref, size = prepare(reg, work, layout, tag, a.level, a.chunk_kib << 10)
             doc = json.loads((HERE / "lazy_workloads" / f"{tag.replace(':', '-')}.ranges.json").read_text())
             ranges = workload_ranges(tag)
+            profile = None
+            if a.profile == "recorded" and ({PROFILE, PROFILE_FUSE} & set(a.modes)):
+                profile = record_profile(ref, ranges, work)
+                C.log(f"{tag}: recorded profile: {len(profile)} files, "
+                      f"{sum(e - s for rs in profile.values() for s, e in rs) / 1e6:.1f} MB of ranges")
             modes = list(a.modes) + ([IMPORT_PULL, IMPORT_LAZY] if a.import_torch and tag == "ml:big" else [])
             r: dict[str, Any] = {
                 "ref": ref, "image_bytes": size, "chunk_kib": a.chunk_kib, "files": len(ranges),
                 "file_bytes": doc["bytes_of_files"], "range_bytes": doc["bytes_resident"],
                 "ranges": sum(len(v) for v in ranges.values()),
-                "modes": {m: {"seconds": [], "bytes": [], "requests": []} for m in modes}}
+                "modes": {m: {"seconds": [], "bytes": [], "requests": []} for m in modes},
+                "profile": a.profile if profile is not None or a.profile == "ranges" else None,
+                "profile_bytes": None if profile is None else sum(e - s for rs in profile.values() for s, e in rs)}
             for i in range(a.repeat):
                 for mode in modes:
-                    res = run_mode(mode, ref, ranges, work, reglog)
+                    res = run_mode(mode, ref, ranges, work, reglog, a.loop_ext4, profile)
                     for k in ("seconds", "bytes", "requests"):
                         r["modes"][mode][k].append(res[k])
                     C.log(f"{tag} #{i} {mode}: {res['seconds']:.2f} s, {res['bytes'] / 1e6:.1f} MB, "

@@ -81,7 +81,7 @@ class ContentLayout:
 
     def chunk_path(self, layer_digest: str, chunk_digest: str) -> Path:
         """``chunks/<alg>/<hex>/<chunk alg>-<chunk hex>``: one verified chunk of a layer."""
-        return self.chunk_dir(layer_digest) / f"{algorithm_of(chunk_digest)}-{encoded(chunk_digest)}"
+        return self.chunk_dir(layer_digest) / chunk_file_name(chunk_digest)
 
     def algorithm_dir(self, algorithm: str) -> Path:
         """``blobs/<alg>``."""
@@ -188,3 +188,8 @@ class RootLayout:
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(exist_ok=True)
         self.content.create()
+
+
+def chunk_file_name(chunk_digest: str) -> str:
+    """The name of a cached chunk's file in its layer's chunk directory: ``<alg>-<hex>``."""
+    return f"{algorithm_of(chunk_digest)}-{encoded(chunk_digest)}"

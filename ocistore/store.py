@@ -146,7 +146,7 @@ class Store:
             snapshot_budget=snapshot_budget, registry=self.registry_options, dedup=self.dedup,
         )
         self._containers: Containers | None = None
-        self._lazy_trees: lazyread.TreeCache | None = None  # merged eStargz trees of read_file/open_file
+        self._lazy_images: lazyread.OpenImages | None = None  # eStargz images open for read_file/open_file
         self._lazy_client: remotes.RegistryClient | None = None  # their ranged reads share its connections
         if not readonly:
             self._clean_tmp()
@@ -173,6 +173,8 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        if self._lazy_images is not None:
+            self._lazy_images.close()
         if self._lazy_client is not None:
             self._lazy_client.close()
         for sn in self._snapshotters.values():
@@ -241,7 +243,8 @@ class Store:
         """The containers of this namespace (``create`` unpacks a fetched image lazily)."""
         with self._lock:
             if self._containers is None:
-                self._containers = containers.Containers(self._ops, ContainerRecords(self.db, self.namespace))
+                self._containers = containers.Containers(self._ops, ContainerRecords(self.db, self.namespace),
+                                                         open_lazy=self._lazy_image)
             return self._containers
 
     # -- operations (ocistore.transfer) ----------------------------------------------------------------
@@ -429,30 +432,41 @@ class Store:
                         f"no image or container {image_or_container!r} in namespace {self.namespace!r}"
                     ) from None
         with self._lock:
-            if self._lazy_trees is None:
-                self._lazy_trees = lazyread.TreeCache()
+            if self._lazy_images is None:
+                self._lazy_images = lazyread.OpenImages()
             if self._lazy_client is None:
                 self._lazy_client = lazyfetch.registry_client(self._ops)
-        return lazyread.lazy_image(self._ops, name, platform, self._lazy_trees, self._lazy_client)
+        return self._lazy_images.get(self._ops, name, platform, self._lazy_client)
 
     def read_file(self, image_or_container: str | Container, path: str, platform: PlatformArg = None) -> bytes:
         """The bytes of the file at ``path`` in an eStargz image (or a container's image), read
         from the chunks of its layers without unpacking; see docs/guide.md "Lazy pulling"."""
-        image = self._lazy_image(image_or_container, platform)
-        try:
-            return image.read(path)
-        finally:
-            image.close()
+        return self._lazy_image(image_or_container, platform).read(path)
 
     def open_file(self, image_or_container: str | Container, path: str, platform: PlatformArg = None) -> BinaryIO:
         """A seekable binary reader of ``path`` in an eStargz image that reads only the chunks it
         touches (close it when done); errors as :meth:`read_file`."""
-        image = self._lazy_image(image_or_container, platform)
-        try:
-            return image.open(path, on_close=image.close)
-        except BaseException:
-            image.close()
-            raise
+        return self._lazy_image(image_or_container, platform).open(path)
+
+    def prefetch(self, image_or_container: str | Container, files: lazyread.PrefetchFiles,
+                 platform: PlatformArg = None, **options: Any) -> lazyread.PrefetchResult:
+        """Make the chunks of ``files`` of an eStargz image local ahead of reads: paths (whole
+        files), or paths mapped to the byte ranges of them a start reads (``None``: whole),
+        such as a profile recorded by a lazy container (``Container.read_profile``). A lazily
+        fetched layer's missing chunks are fetched verified, several ranges per request and
+        several requests at once, into the store's chunk cache, where ``read_file``,
+        ``open_file`` and lazy containers find them. Paths the image lacks are skipped.
+        Registry options (as for :meth:`fetch`) override the store's for this call.
+        """
+        if not options:
+            return self._lazy_image(image_or_container, platform).prefetch(files)
+        name = self._lazy_image(image_or_container, platform).name
+        with lazyfetch.registry_client(self._ops, self._registry(options)) as client:
+            image = lazyread.lazy_image(self._ops, name, platform, client=client)
+            try:
+                return image.prefetch(files)
+            finally:
+                image.close()
 
     def disk_usage(self) -> DiskUsage:
         """Bytes allocated on disk by content, ingests, snapshots and metadata."""

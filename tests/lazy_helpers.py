@@ -123,3 +123,19 @@ def unpacked_tree(store: Store, name: str, tmp: Path, *, with_xattrs: bool = Tru
     finally:
         sn.remove(key)
         target.rmdir()
+
+
+def record_ranged_reads(monkeypatch: Any) -> list[tuple[int, int]]:
+    """From now on (for the test), the ``[start, end)`` spans every remote layer source asks its
+    registry for are appended to the returned list."""
+    from ocistore.transfer import lazyfetch
+
+    asked: list[tuple[int, int]] = []
+    real = lazyfetch.RemoteLayerSource._read_many
+
+    def recording(self: lazyfetch.RemoteLayerSource, spans: list[tuple[int, int]]) -> list[bytes]:
+        asked.extend(spans)
+        return real(self, spans)
+
+    monkeypatch.setattr(lazyfetch.RemoteLayerSource, "_read_many", recording)
+    return asked

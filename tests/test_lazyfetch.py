@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from archive_helpers import CORPUS
+from lazy_helpers import record_ranged_reads
 from registry_fixtures import Registry
 from test_estargz import FILES, HOSTILE, _annotations, _convert, _hostile, _tar
 
@@ -342,6 +343,10 @@ class _Handler(BaseHTTPRequestHandler):
         assert m is not None
         headers = {"Docker-Content-Digest": "sha256:" + hashlib.sha256(data).hexdigest(),
                    "Content-Type": _manifest_type(data) if m.group(2) == "manifests" else "application/octet-stream"}
+        several = re.fullmatch(r"bytes=(\d+-\d+(?:,\d+-\d+)+)", rng or "")
+        if several is not None and srv.multi is not None and not srv.ignore_range:
+            spans = [(int(a), int(b) + 1) for a, b in (x.split("-") for x in several.group(1).split(","))]
+            return self._several(data, spans, headers, head)
         ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
         if ranged is None or srv.ignore_range:
             return self._reply(200, data, headers, head)
@@ -352,6 +357,26 @@ class _Handler(BaseHTTPRequestHandler):
             body = srv.corrupt(start, end, body)
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
         return self._reply(206, body, headers, head)
+
+    def _several(self, data: bytes, spans: list[tuple[int, int]], headers: dict[str, str], head: bool) -> None:
+        """Answer a request for several ranges the way ``server.multi`` says."""
+        mode = self.server.multi
+        size = len(data)
+        if mode == "first":  # single ranges only: the first one
+            s, e = spans[0]
+            return self._reply(206, data[s:e], dict(headers, **{"Content-Range": f"bytes {s}-{e - 1}/{size}"}), head)
+        if mode == "merged":  # one range over all of them
+            s, e = spans[0][0], spans[-1][1]
+            return self._reply(206, data[s:e], dict(headers, **{"Content-Range": f"bytes {s}-{e - 1}/{size}"}), head)
+        body = b""
+        for i, (s, e) in enumerate(spans):
+            part = data[s:e] if self.server.corrupt is None else self.server.corrupt(s, e, data[s:e])
+            if mode == "short" and i == len(spans) - 1:
+                part = part[:-1]  # a part shorter than its Content-Range
+            body += (b"\r\n--XYZ\r\nContent-Type: application/octet-stream\r\n"
+                     + f"Content-Range: bytes {s}-{e - 1}/{size}\r\n\r\n".encode() + part)
+        body += b"\r\n--XYZ--\r\n"
+        return self._reply(206, body, dict(headers, **{"Content-Type": "multipart/byteranges; boundary=XYZ"}), head)
 
     def _reply(self, status: int, body: bytes, headers: dict[str, str], head: bool) -> None:
         self.send_response(status)
@@ -374,6 +399,9 @@ class FakeRegistry(ThreadingHTTPServer):
         self.log: list[tuple[str, str, str | None]] = []
         self.ignore_range = False
         self.corrupt: Callable[[int, int, bytes], bytes] | None = None
+        # requests for several ranges: None sends the whole blob (as S3 does);
+        # "multipart", "first" (only the first range), "merged" (one range over all), "short"
+        self.multi: str | None = None
 
     @property
     def address(self) -> str:
@@ -720,14 +748,7 @@ def test_a_read_spanning_chunks_is_one_ranged_request(
     ref = registry_plain.ref("lazy/debian:esgz-4k")
     source.push(small, ref, **registry_plain.client_options())
     whole = source.read_file(small, "usr/bin/bash")
-    ranges: list[tuple[int, int]] = []
-    real_read = lazyfetch.RemoteLayerSource._read
-
-    def counting(self: lazyfetch.RemoteLayerSource, start: int, end: int) -> bytes:
-        ranges.append((start, end))
-        return real_read(self, start, end)
-
-    monkeypatch.setattr(lazyfetch.RemoteLayerSource, "_read", counting)
+    ranges = record_ranged_reads(monkeypatch)
     with Store(tmp_path / "s", **registry_plain.client_options()) as store:
         image = store.fetch(ref, lazy=True)
         layer = _layer(store, image.name)

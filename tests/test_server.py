@@ -215,7 +215,7 @@ def test_unsatisfiable_ranges_are_416(server: Any, corpus: dict[str, Any], spec:
 
 
 @pytest.mark.parametrize("headers", [
-    {"Range": "bytes=0-1,5-6"},       # several ranges: ignored, the whole blob comes
+    {"Range": "bytes=" + ",".join(f"{i}-{i}" for i in range(0, 2 * 200, 2))},  # more than MAX_RANGES
     {"Range": "items=0-5"},           # another unit: ignored
     {"Range": "bytes=0-5", "If-Range": '"sha256:' + "0" * 64 + '"'},  # If-Range does not match
 ])
@@ -223,6 +223,34 @@ def test_ignored_ranges_send_the_whole_blob(server: Any, corpus: dict[str, Any],
     config = corpus["images"]["debian:gzip"]["config"]
     status, _, body = request(server, "GET", f"/v2/debian/blobs/{config['digest']}", headers)
     assert status == 200 and len(body) == config["size"]
+
+
+def test_several_ranges_are_one_multipart_answer(server: Any, corpus: dict[str, Any], corpus_dir: Path) -> None:
+    """``bytes=a-b,c-d``: one part per range, in order, overlapping or touching ones merged, those
+    past the end dropped; what ``RegistryClient.read_ranges`` splits back into the ranges."""
+    from ocistore import Descriptor
+    from ocistore.remotes import RegistryClient, byteranges
+
+    layer = _largest_layer(corpus)
+    data = _layout_blob(corpus_dir, layer["digest"])
+    size = len(data)
+    path = f"/v2/debian/blobs/{layer['digest']}"
+    status, headers, body = request(server, "GET", path, {"Range": f"bytes=900-999,0-9,5-19,20-29,{size + 5}-"})
+    assert status == 206 and headers["Content-Type"].startswith("multipart/byteranges; boundary=")
+    got = byteranges.split_answer(body, headers["Content-Type"], None, [(0, 30), (900, 1000)], size, "t")
+    assert got == [data[0:30], data[900:1000]]
+    assert body.count(b"Content-Range: ") == 2  # 0-9, 5-19 and 20-29 merged into one part
+    status, headers, body = request(server, "GET", path, {"Range": "bytes=0-9,5-19"})  # merged into one
+    assert status == 206 and headers["Content-Range"] == f"bytes 0-19/{size}" and body == data[:20]
+    status, headers, _ = request(server, "GET", path, {"Range": f"bytes={size}-,{size + 10}-{size + 20}"})
+    assert status == 416 and headers["Content-Range"] == f"bytes */{size}"
+    status, _, _ = request(server, "GET", path, {"Range": "bytes=0-1,9-3"})  # a malformed one among them
+    assert status == 416
+    spans = [(i * 7919, i * 7919 + 100) for i in range(60)]
+    with RegistryClient(plain_http=True) as client:
+        desc = Descriptor(layer["mediaType"], layer["digest"], size)
+        assert client.read_ranges(f"{server.address}/debian@{layer['digest']}", desc, spans) == [
+            data[a:b] for a, b in spans]
 
 
 def test_range_parser_table() -> None:

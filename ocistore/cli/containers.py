@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ocistore.cli import pull
 from ocistore.cli.args import for_each, parse_labels
@@ -28,7 +29,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--lazy", action="store_true",
                    help="eStargz image not unpacked yet: a FUSE rootfs that reads files on first access "
                         "(a detached helper serves it until the container is removed)")
+    p.add_argument("--no-fill", action="store_true",
+                   help="with --lazy: no background unpack, only the chunks read are downloaded")
+    p.add_argument("--prefetch-profile", metavar="FILE",
+                   help="with --lazy: fetch the chunks of this profile (see `containers profile`) while the "
+                        "rootfs starts, instead of the prioritized files")
     p.set_defaults(func=cmd_create)
+
+    p = verbs.add_parser("profile", help="print the byte ranges a lazy container's rootfs has served, as JSON "
+                                         "for `images prefetch --profile`")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("-o", "--output", metavar="FILE", help="write it to FILE instead")
+    p.set_defaults(func=cmd_profile)
 
     p = verbs.add_parser("ls", aliases=["list"], help="list containers")
     p.add_argument("-q", "--quiet", action="store_true", help="print only ids")
@@ -63,10 +75,16 @@ def _container_json(c: object) -> dict[str, object]:
 def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
     """``containers create ID IMAGE``: unpacks the image first if it was only fetched."""
     labels = parse_labels(args.label, allow_empty=False)
+    prefetch = None
+    if args.prefetch_profile is not None:
+        from ocistore.cli.images import read_profile_file
+
+        prefetch = read_profile_file(ctx, args.prefetch_profile)
     with pull.progress_of(ctx, terminal_only=True) as progress:  # a lazy unpack takes seconds
         container = ctx.store.containers.create(args.id, args.image, snapshotter=args.snapshotter,
                                                 labels=labels or None, platform=args.platform,
-                                                progress=progress, lazy=args.lazy)
+                                                progress=progress, lazy=args.lazy, fill=not args.no_fill,
+                                                prefetch=prefetch)
     if ctx.json:
         print_json(ctx.stdout, _container_json(container))
     else:
@@ -107,3 +125,16 @@ def cmd_mounts(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_mount(ctx: Context, args: argparse.Namespace) -> int:
     """``containers mount ID TARGET``: a real mount of the container's root filesystem."""
     return mount_on(ctx, ctx.store.containers.get(args.id).mounts, args.target)
+
+
+def cmd_profile(ctx: Context, args: argparse.Namespace) -> int:
+    """``containers profile ID [-o FILE]``: ``{"path": [[start, end], ...]}``."""
+    import json
+
+    profile = ctx.store.containers.get(args.id).read_profile()
+    text = json.dumps({p: [list(r) for r in rs] for p, rs in profile.items()}, indent=1)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    else:
+        ctx.out(text)
+    return 0

@@ -19,6 +19,7 @@ from ocistore.cli.args import add_json_flag, for_each
 from ocistore.cli.context import Context
 from ocistore.cli.describe import image_json, image_size
 from ocistore.cli.output import format_labels, human_size, print_json, print_table
+from ocistore.cli.registry import add_registry_options, registry_options
 from ocistore.images.image import completeness, image_platforms
 from ocistore.metadata.images import Image
 from ocistore.oci.reference import parse_reference
@@ -133,6 +134,16 @@ def _register_inspection(verbs: argparse._SubParsersAction[argparse.ArgumentPars
     pull.add_platform_argument(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_check)
+
+    p = verbs.add_parser("prefetch", help="fetch the chunks of files of a lazily fetched eStargz image ahead of reads")
+    p.add_argument("name", metavar="IMAGE")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files to fetch whole")
+    p.add_argument("--profile", metavar="FILE",
+                   help="JSON of path -> [[start, end], ...] (or null: whole), such as `containers profile` "
+                        "writes ('-': standard input)")
+    pull.add_platform_argument(p)
+    add_registry_options(p)
+    p.set_defaults(func=cmd_prefetch)
 
     inspect.register(verbs)
 
@@ -343,3 +354,36 @@ def _check_row(ctx: Context, img: Image, args: argparse.Namespace) -> dict[str, 
     return {**attrs.asdict(state), "name": img.name, "media_type": img.target.media_type,
             "digest": img.target.digest, "status": state.status, "complete": state.complete,
             "size": image_size(store, img, args.platform), "unpacked": unpacked}
+
+
+def cmd_prefetch(ctx: Context, args: argparse.Namespace) -> int:
+    """``images prefetch IMAGE [PATH...] [--profile FILE]``: what it fetched, in how many requests."""
+    files: dict[str, list[tuple[int, int]] | None] = dict.fromkeys(args.paths)
+    if args.profile is not None:
+        files.update(read_profile_file(ctx, args.profile))
+    if not files:
+        raise errors.InvalidArgument("name files to prefetch: PATH arguments or --profile FILE")
+    result = ctx.store.prefetch(args.name, files, platform=args.platform,
+                                **registry_options(ctx, args, args.name))
+    for path in result.skipped:
+        ctx.stderr.write(f"ocistore: skipped {path!r}: not a regular file of the image\n")
+    if ctx.json:
+        print_json(ctx.stdout, attrs.asdict(result))
+    else:
+        ctx.out(f"{result.files} files, {result.chunks} chunks ({human_size(result.bytes)}): "
+                f"{result.requests} requests, {human_size(result.fetched_bytes)} fetched")
+    return 0
+
+
+def read_profile_file(ctx: Context, path: str) -> dict[str, list[tuple[int, int]] | None]:
+    """A profile as JSON (``{"path": [[start, end], ...] or null}``); InvalidArgument if malformed."""
+    import json
+
+    try:
+        text = ctx.stdin.read() if path == "-" else Path(path).read_text()
+        doc = json.loads(text)
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+        return {str(p): None if rs is None else [(int(a), int(b)) for a, b in rs] for p, rs in doc.items()}
+    except (OSError, ValueError, TypeError) as exc:
+        raise errors.InvalidArgument(f"profile {path}: {exc}") from None

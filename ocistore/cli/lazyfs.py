@@ -14,9 +14,14 @@ import os
 import sys
 import threading
 import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ocistore import errors
 from ocistore.store import Store
+
+if TYPE_CHECKING:
+    from ocistore.transfer import fuseserver
 
 __all__ = ["main"]
 
@@ -30,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mountpoint", required=True)
     p.add_argument("--ready-fd", type=int, required=True)
     p.add_argument("--no-fill", action="store_true", help="do not unpack the image in the background")
+    p.add_argument("--no-landmark", action="store_true",
+                   help="do not prefetch the prioritized files (the creating process prefetches a profile)")
     return p
 
 
@@ -46,6 +53,19 @@ def _fill(store: Store, image: str, snapshotter: str, cancel: threading.Event) -
         print(f"ocistore lazyfs: background fill of {image} failed: {exc}", file=sys.stderr, flush=True)
 
 
+def _answer_profile_requests(ops: fuseserver.LazyFS, directory: Path, stop: threading.Event) -> None:
+    """Write the reads served so far to ``profile.json`` whenever ``Container.read_profile``
+    asks (a number in ``profile.request`` greater than the last one answered)."""
+    from ocistore.transfer import lazyrootfs
+
+    answered = 0
+    while not stop.wait(0.05):
+        wanted = lazyrootfs.profile_request(directory)
+        if wanted > answered:
+            lazyrootfs.write_profile(directory, wanted, ops.reads())
+            answered = wanted
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve until unmounted; 0 on a clean unmount."""
     from ocistore.transfer import fuseserver
@@ -56,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         store = Store(args.root, args.namespace)
         image = store._lazy_image(args.image, None)
         ops = fuseserver.LazyFS(image)
-        prefetched = ops.prefetch()  # before the mount is ready: create returns after it
-        print(f"ocistore lazyfs: {image.name}: prefetched {prefetched} bytes", file=sys.stderr, flush=True)
+        if not args.no_landmark:
+            prefetched = ops.prefetch()  # before the mount is ready: create returns after it
+            print(f"ocistore lazyfs: {image.name}: prefetched {prefetched} bytes", file=sys.stderr, flush=True)
     except (errors.Error, OSError) as exc:
         print(f"ocistore lazyfs: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -77,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             fill.start()
 
     ops.on_init = on_init
+    stop_profile = threading.Event()
+    threading.Thread(target=_answer_profile_requests, args=(ops, Path(args.mountpoint).parent, stop_profile),
+                     daemon=True, name="ocistore-lazyfs-profile").start()
     try:
         fuseserver.serve(ops, args.mountpoint)
     except Exception:  # anything: the helper's last word goes to its log
@@ -85,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         # unmounted: stop the fill, which removes its unfinished extract snapshot, before exiting
         cancel.set()
+        stop_profile.set()
         if fill is not None:
             fill.join(_FILL_STOP_TIMEOUT)
         image.close()

@@ -34,5 +34,8 @@ class LayerSource(Protocol):
         ``errors.Unavailable`` when they cannot be had; never returns unverified bytes.
         """
 
+    def has(self, chunk: Chunk) -> bool:
+        """Whether ``chunk`` is local: reading it makes no request."""
+
     def prefetch(self, chunks: Sequence[Chunk]) -> None:
         """Make ``chunks`` local ahead of reads (a source may batch them into fewer requests)."""

@@ -135,9 +135,17 @@ class TOC:
 
     version: int = 1
     entries: list[TOCEntry] = attrs.Factory(list)
+    _files: tuple[int, list[tuple[TOCEntry, list[Chunk]]]] | None = attrs.field(
+        default=None, init=False, repr=False, eq=False)
 
     def files(self) -> Iterator[tuple[TOCEntry, list[Chunk]]]:
-        """Every non-chunk entry with the chunks of its data (empty for non-files), in order."""
+        """Every non-chunk entry with the chunks of its data (empty for non-files), in order
+        (worked out once per number of entries: a parsed TOC is read many times, never changed)."""
+        if self._files is None or self._files[0] != len(self.entries):
+            self._files = (len(self.entries), list(self._group()))
+        return iter(self._files[1])
+
+    def _group(self) -> Iterator[tuple[TOCEntry, list[Chunk]]]:
         current: TOCEntry | None = None
         chunks: list[Chunk] = []
         for entry in self.entries:
@@ -231,26 +239,47 @@ def _xattrs(obj: dict[str, Any], where: str) -> dict[str, bytes] | None:
     return out
 
 
+_NATURAL_KEYS = (("size", "size"), ("uid", "uid"), ("gid", "gid"), ("offset", "offset"),
+                 ("innerOffset", "inner_offset"), ("devMajor", "dev_major"), ("devMinor", "dev_minor"),
+                 ("chunkOffset", "chunk_offset"), ("chunkSize", "chunk_size"))
+_STR_KEYS = (("modtime", "modtime"), ("linkName", "link_name"), ("userName", "user_name"),
+             ("groupName", "group_name"))
+_DIGEST_KEYS = (("digest", "digest"), ("chunkDigest", "chunk_digest"))
+
+
 def _entry(obj: object, index: int) -> TOCEntry:
     if not isinstance(obj, dict):
         raise _bad(f"entry {index} is not an object")
     name = obj.get("name")
     if not isinstance(name, str):
         raise _bad(f"entry {index} has no name")
-    where = f"entry {index} ({name[:200]!r})"
     kind = obj.get("type")
     if kind not in ENTRY_TYPES:
-        raise _bad(f"{where}: unknown type {kind!r:.40}")
-    return TOCEntry(
-        name=name, type=kind, size=_natural(obj, "size", where), modtime=_str(obj, "modtime", where),
-        link_name=_str(obj, "linkName", where), mode=_int(obj, "mode", where), uid=_natural(obj, "uid", where),
-        gid=_natural(obj, "gid", where), user_name=_str(obj, "userName", where),
-        group_name=_str(obj, "groupName", where), offset=_natural(obj, "offset", where),
-        inner_offset=_natural(obj, "innerOffset", where), dev_major=_natural(obj, "devMajor", where),
-        dev_minor=_natural(obj, "devMinor", where), xattrs=_xattrs(obj, where), digest=_digest(obj, "digest", where),
-        chunk_offset=_natural(obj, "chunkOffset", where), chunk_size=_natural(obj, "chunkSize", where),
-        chunk_digest=_digest(obj, "chunkDigest", where),
-    )
+        raise _bad(f"entry {index} ({name[:200]!r}): unknown type {kind!r:.40}")
+    # the common case checked inline (a TOC has hundreds of thousands of entries); any value
+    # that fails goes through the checkers, which raise with the entry's name
+    fields: dict[str, Any] = {}
+    get = obj.get
+    for key, attr in _NATURAL_KEYS:
+        value = get(key, 0)
+        if type(value) is not int or not 0 <= value <= _INT64:
+            value = _natural(obj, key, f"entry {index} ({name[:200]!r})")
+        fields[attr] = value
+    mode = get("mode", 0)
+    if type(mode) is not int or not -_INT64 - 1 <= mode <= _INT64:
+        mode = _int(obj, "mode", f"entry {index} ({name[:200]!r})")
+    for key, attr in _STR_KEYS:
+        value = get(key, "")
+        if type(value) is not str:
+            value = _str(obj, key, f"entry {index} ({name[:200]!r})")
+        fields[attr] = value
+    for key, attr in _DIGEST_KEYS:
+        value = get(key, "")
+        if value:
+            value = _digest(obj, key, f"entry {index} ({name[:200]!r})")
+        fields[attr] = value
+    xattrs = _xattrs(obj, f"entry {index} ({name[:200]!r})") if "xattrs" in obj else None
+    return TOCEntry(name=name, type=kind, mode=mode, xattrs=xattrs, **fields)
 
 
 def parse_toc(data: bytes, *, payload_size: int, max_entries: int = MAX_TOC_ENTRIES) -> TOC:
@@ -295,7 +324,7 @@ def _validate(toc: TOC, payload_size: int) -> None:
             raise _bad(f"the chunks of {open_file.name!r} cover {covered} of its {open_file.size} bytes")
 
     for i, entry in enumerate(toc.entries):
-        where = f"entry {i} ({entry.name[:200]!r})"
+        where = _Where(i, entry.name)
         if entry.type == "chunk":
             if open_file is None:
                 raise _bad(f"{where}: a chunk that follows no regular file with data")
@@ -342,7 +371,19 @@ def _validate(toc: TOC, payload_size: int) -> None:
     close_file()
 
 
-def _check_parents(name: str, symlinks: set[str], where: str) -> None:
+class _Where:
+    """``entry N ('name')`` for error messages, formatted only when one is raised."""
+
+    __slots__ = ("index", "name")
+
+    def __init__(self, index: int, name: str) -> None:
+        self.index, self.name = index, name
+
+    def __str__(self) -> str:
+        return f"entry {self.index} ({self.name[:200]!r})"
+
+
+def _check_parents(name: str, symlinks: set[str], where: str | _Where) -> None:
     if not symlinks:
         return
     parent = name.rpartition("/")[0]
@@ -352,7 +393,7 @@ def _check_parents(name: str, symlinks: set[str], where: str) -> None:
         parent = parent.rpartition("/")[0]
 
 
-def _check_links(entry: TOCEntry, name: str, files: dict[str, str], where: str) -> None:
+def _check_links(entry: TOCEntry, name: str, files: dict[str, str], where: str | _Where) -> None:
     if entry.type in ("symlink", "hardlink") and not entry.link_name:
         raise _bad(f"{where}: a {entry.type} without linkName")
     if entry.type == "hardlink":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import functools
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -42,6 +43,7 @@ _S_IFMT = {
 }
 
 
+@functools.lru_cache(maxsize=4096)  # the files of a layer share few distinct times
 def parse_modtime(text: str) -> int:
     """A TOC ``modtime`` (RFC 3339, stargz writes whole seconds in UTC) as nanoseconds; 0 if empty or bad."""
     if not text:
@@ -199,6 +201,10 @@ class _Builder:
         self.root = self._new("dir", children={})
         self._upper: set[int] = set()  # inodes the current layer wrote (they are in its upper dir)
         self._layer = 0
+        # the last member's parent directory, resolved: members come in tar order, most beside the
+        # one before. Forgotten when a directory or symlink leaves the tree (paths may resolve
+        # differently then); a node added where none was cannot change a path that resolved.
+        self._last_parent: tuple[str, Node] | None = None
 
     def _new(self, kind: str, **fields: object) -> Node:
         node = Node(self._next_ino, kind, **fields)  # type: ignore[arg-type]
@@ -208,6 +214,7 @@ class _Builder:
     def layer(self, index: int, toc: TOC) -> None:
         self._layer = index
         self._upper = {self.root.ino}
+        self._last_parent = None
         for entry, chunks in toc.files():
             self._entry(entry, chunks)
 
@@ -217,9 +224,13 @@ class _Builder:
             return  # the root itself: left as it is, as the unpack does
         if name in _HIDDEN and entry.type == "reg":
             return
-        parts = name.split("/")
-        base = parts[-1]
-        parent = self._parent(parts[:-1], entry.name)
+        dirname, _, base = name.rpartition("/")
+        last = self._last_parent
+        if last is not None and last[0] == dirname:
+            parent = last[1]
+        else:
+            parent = self._parent(dirname.split("/") if dirname else [], entry.name)
+            self._last_parent = (dirname, parent)
         assert parent.children is not None
         if base.startswith(WHITEOUT_PREFIX):
             self._whiteout(parent, base, entry.name)
@@ -280,6 +291,8 @@ class _Builder:
         old = parent.children.pop(name, None)
         if old is not None:
             old.nlink -= 1
+            if old.type in ("dir", "symlink"):
+                self._last_parent = None
 
     def _whiteout(self, parent: Node, base: str, member: str) -> None:
         name = whiteout_target(base, member)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, Self
 
 import urllib3
@@ -24,17 +24,29 @@ from ocistore.oci import mediatypes
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.digest import algorithm_of, digest_bytes, validate_digest
 from ocistore.oci.reference import Reference, parse_reference
+from ocistore.remotes import byteranges
 from ocistore.remotes import push as _push
 from ocistore.remotes.auth import pull_scope
-from ocistore.remotes.fetch import BlobReader, ProgressFn, check_bounded_range, copy_into, open_range, read_bounded
+from ocistore.remotes.fetch import (
+    BlobReader,
+    ProgressFn,
+    check_bounded_range,
+    check_ranges_answer,
+    copy_into,
+    open_range,
+    read_bounded,
+)
 from ocistore.remotes.hosts import RegistryHost, configure_hosts
 from ocistore.remotes.options import RegistryOptions
 from ocistore.remotes.transport import Transport, raise_for_status, read_capped, read_capped_quietly
 
-__all__ = ["MANIFEST_ACCEPT", "MAX_BLOB_BYTES", "MAX_MANIFEST_SIZE", "RegistryClient"]
+__all__ = ["MANIFEST_ACCEPT", "MAX_BLOB_BYTES", "MAX_MANIFEST_SIZE", "MAX_RANGES_PER_REQUEST", "RegistryClient"]
 
 MAX_MANIFEST_SIZE = 4 * 1048 * 1048
 """containerd's ``MaxManifestSize`` (4,393,216 bytes)."""
+
+MAX_RANGES_PER_REQUEST = 100
+"""Most ranges ``read_ranges`` puts in one request (about 2 KB of ``Range`` header)."""
 
 MAX_BLOB_BYTES = 32 << 20
 """Default cap of ``fetch_bytes`` for non-manifest blobs (image configs)."""
@@ -81,6 +93,7 @@ class RegistryClient:
         self.transport = Transport(self.options)
         self._hosts: dict[str, list[RegistryHost]] = {}
         self._lock = threading.Lock()
+        self._single_range_hosts: set[str] = set()  # domains whose registry answers one range per request
 
     def close(self) -> None:
         """Close pooled connections; the client may still be used (it reconnects)."""
@@ -266,13 +279,61 @@ class RegistryClient:
         what = f"{r.name}@{desc.digest} bytes {start}-{end - 1}"
         return read_bounded(self._opener(r, desc, end=end), start, end, self.options.retry, what)
 
+    def read_ranges(self, ref: str, desc: Descriptor, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each of ``ranges`` (half-open, in ascending order, not overlapping) of
+        the blob ``desc``, asked for in one request (``Range: bytes=a-b,c-d,...``).
+
+        A registry that answers with ``multipart/byteranges`` (distribution does) or with one
+        range covering them all serves them in one round trip; ranges its answer leaves out
+        (a registry that sends the first range only), or all of them when it answers with the
+        whole blob (which is not read), are read one by one, and such a registry is asked for
+        single ranges from then on. As :meth:`read_range`: NOT verified, ``RangeNotSupported``
+        when the registry ignores single ranges too.
+        """
+        if not ranges:
+            return []
+        for (s, e), nxt in zip(ranges, [*ranges[1:], None], strict=True):
+            if not 0 <= s < e <= desc.size or (nxt is not None and nxt[0] < e):
+                raise errors.InvalidArgument(f"ranges of blob {desc.digest} must be ascending, disjoint and inside "
+                                             f"its {desc.size} bytes: {list(ranges)[:4]}...")
+        r = parse_reference(ref)
+        if len(ranges) == 1 or r.domain in self._single_range_hosts:
+            return [self.read_range(ref, desc, s, e) for s, e in ranges]
+        if len(ranges) > MAX_RANGES_PER_REQUEST:  # keep the Range header short (servers cap header sizes)
+            return [data for i in range(0, len(ranges), MAX_RANGES_PER_REQUEST)
+                    for data in self.read_ranges(ref, desc, ranges[i:i + MAX_RANGES_PER_REQUEST])]
+        what = f"{r.name}@{desc.digest} ({len(ranges)} ranges)"
+        try:
+            resp = self._opener(r, desc, spec=byteranges.range_header(ranges))(ranges[0][0])
+        except errors.RangeNotSupported:
+            # the whole blob for several ranges (the connection is dropped unread): a registry
+            # may still serve them one at a time (ocistore serve, S3 behind a redirect)
+            with self._lock:
+                self._single_range_hosts.add(r.domain)
+            return [self.read_range(ref, desc, s, e) for s, e in ranges]
+        try:
+            body = read_capped(resp, byteranges.expected_body_limit(ranges), what)
+        except errors.Unavailable:  # cut short: single ranges resume where a body stops
+            return [self.read_range(ref, desc, s, e) for s, e in ranges]
+        try:
+            datas = byteranges.split_answer(body, resp.headers.get("Content-Type", ""),
+                                            resp.headers.get("Content-Range"), ranges, desc.size, what)
+        except errors.RegistryError:  # an answer we cannot split: ask this registry for single ranges
+            datas = [None] * len(ranges)
+        if any(d is None for d in datas):
+            with self._lock:
+                self._single_range_hosts.add(r.domain)
+        return [d if d is not None else self.read_range(ref, desc, s, e)
+                for d, (s, e) in zip(datas, ranges, strict=True)]
+
     def _opener(
         self, r: Reference, desc: Descriptor, skip: set[str] | frozenset[str] = frozenset(),
-        preferred: list[RegistryHost] | None = None, end: int | None = None,
+        preferred: list[RegistryHost] | None = None, end: int | None = None, spec: str | None = None,
     ) -> Callable[[int], urllib3.BaseHTTPResponse]:
         """Open ``desc`` at an offset from the first host that answers (``skip``: hosts not to
         ask); the host that answered is kept first in ``preferred`` for the next ranges.
-        With ``end``, ask for ``[offset, end)`` only (see ``check_bounded_range``)."""
+        With ``end``, ask for ``[offset, end)`` only (see ``check_bounded_range``); with
+        ``spec``, send that ``Range`` value and accept only ``206``."""
         hosts = [h for h in self._hosts_for(r, "pull") if h.host not in skip]
         is_manifest = mediatypes.is_manifest(desc.media_type) or mediatypes.is_index(desc.media_type)
         kind = "manifests" if is_manifest else "blobs"
@@ -285,13 +346,17 @@ class RegistryClient:
             for host in preferred + [h for h in hosts if h not in preferred]:
                 what = f"fetch {r.name}@{desc.digest} from {host.host}"
                 url = self.transport.url(host, f"{r.repository}/{kind}/{desc.digest}")
-                if end is not None:
+                if spec is not None:
+                    req_headers = dict(headers, Range=spec)
+                elif end is not None:
                     req_headers = dict(headers, Range=f"bytes={offset}-{end - 1}")
                 else:
                     req_headers = dict(headers, Range=f"bytes={offset}-") if offset > 0 else headers
                 try:
                     resp = self.transport.request(host, "GET", url, scopes=scopes, headers=req_headers)
-                    if end is not None:
+                    if spec is not None:
+                        resp = check_ranges_answer(resp, what)
+                    elif end is not None:
                         resp = check_bounded_range(resp, offset, end, desc.size, what)
                     else:
                         resp = open_range(resp, offset, desc.size, what)

@@ -35,8 +35,8 @@ from ocistore.oci.digest import Hasher, algorithm_of, new_hasher
 from ocistore.remotes.options import Retry
 from ocistore.remotes.transport import raise_for_status
 
-__all__ = ["CHUNK_SIZE", "BlobReader", "Opener", "ProgressFn", "check_bounded_range", "copy_into", "open_range",
-           "read_bounded"]
+__all__ = ["CHUNK_SIZE", "BlobReader", "Opener", "ProgressFn", "check_bounded_range", "check_ranges_answer",
+           "copy_into", "open_range", "read_bounded"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,19 @@ def check_bounded_range(
         raise errors.RangeNotSupported(
             f"{what}: the registry ignored the Range request and sent the whole blob ({size} bytes)"
         )
+    raise_for_status(resp, what)
+    return resp
+
+
+def check_ranges_answer(resp: urllib3.BaseHTTPResponse, what: str) -> urllib3.BaseHTTPResponse:
+    """Check the answer to a request for several ranges: ``206`` (its body is split by
+    ``ocistore.remotes.byteranges``), ``RangeNotSupported`` for ``200`` (the whole blob), other
+    statuses are errors."""
+    if resp.status == 206:
+        return resp
+    if resp.status == 200:
+        resp.close()
+        raise errors.RangeNotSupported(f"{what}: the registry ignored the Range request and sent the whole blob")
     raise_for_status(resp, what)
     return resp
 

@@ -49,7 +49,7 @@ from ocistore.oci.manifest import MAX_MANIFEST_SIZE, detect_media_type
 from ocistore.oci.reference import validate_domain, validate_repository, validate_tag
 from ocistore.server.names import find_repository
 from ocistore.server.pullthrough import PullThrough, UpstreamFailed
-from ocistore.server.ranges import RangeNotSatisfiable, parse_range
+from ocistore.server.ranges import ByteRange, RangeNotSatisfiable, parse_ranges
 from ocistore.server.uploads import Body, UploadError, Uploads
 
 __all__ = ["API_VERSION", "BadBody", "CredentialsCheck", "RegistryApp", "Request", "Response", "error_response"]
@@ -110,6 +110,30 @@ class Response:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+MAX_MULTIPART_BYTES = 16 << 20
+"""Most bytes of a blob one ``multipart/byteranges`` answer holds (it is built in memory)."""
+
+
+def _multipart(f: BinaryIO, ranges: list[ByteRange], headers: list[tuple[str, str]]) -> Response:
+    """``206`` with one part per range (RFC 9110 section 14.6), read from ``f`` (which is closed)."""
+    boundary = os.urandom(16).hex()
+    parts: list[bytes] = []
+    try:
+        fd = f.fileno()
+        for r in ranges:
+            parts.append(f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+                         f"Content-Range: {r.content_range}\r\n\r\n".encode())
+            data = os.pread(fd, r.length, r.start)
+            if len(data) != r.length:
+                return error_response(500, "UNKNOWN", "stored content ended early; run ocistore check")
+            parts.append(data)
+    finally:
+        f.close()
+    parts.append(f"\r\n--{boundary}--\r\n".encode())
+    return Response(206, [("Content-Type", f"multipart/byteranges; boundary={boundary}"), *headers],
+                    body=b"".join(parts))
 
 
 def error_response(status: int, code: str, message: str, detail: Any = None,
@@ -352,18 +376,21 @@ class RegistryApp:
             if _etag_matches(req.headers.get("If-None-Match"), etag):
                 f.close()
                 return Response(304, headers)
-            rng = None
+            ranges = None
             if_range = req.headers.get("If-Range")
             if if_range is None or if_range.strip() == etag:
                 try:
-                    rng = parse_range(req.headers.get("Range"), size)
+                    ranges = parse_ranges(req.headers.get("Range"), size)
                 except RangeNotSatisfiable as exc:
                     f.close()
                     return error_response(416, "RANGE_INVALID", str(exc),
                                           headers=[("Content-Range", f"bytes */{size}"), *headers])
+            if ranges is not None and len(ranges) > 1 and sum(r.length for r in ranges) <= MAX_MULTIPART_BYTES:
+                return _multipart(f, ranges, headers)
             headers.insert(0, ("Content-Type", "application/octet-stream"))
-            if rng is None:
+            if ranges is None or len(ranges) > 1:  # no range, or more bytes than one answer holds: all of it
                 return Response(200, headers, file=f, offset=0, length=size)
+            rng = ranges[0]
             return Response(206, [*headers, ("Content-Range", rng.content_range)], file=f, offset=rng.start,
                             length=rng.length)
         except BaseException:

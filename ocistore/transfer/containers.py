@@ -63,14 +63,28 @@ class Container(ContainerRecord):
                                           self.id, self.restart_lazy)
         return sn.mounts(self.snapshot_key)
 
+    def read_profile(self, timeout: float = 10.0) -> dict[str, list[tuple[int, int]]]:
+        """A lazy container's reads so far: for each file of its image read through the lazy
+        rootfs, the byte ranges ``[start, end)`` read (the kernel's readahead included). Pass
+        it to ``store.prefetch`` (or save it as JSON) to fetch those chunks of the image in a
+        few requests before the next start, anywhere the image is fetched lazily.
+        FailedPrecondition for a container that is not lazy; Unavailable when its helper is
+        gone (a restarted helper starts a new profile)."""
+        if not self.lazy:
+            raise errors.FailedPrecondition(f"container {self.id!r} has no lazy rootfs, so no profile of its reads")
+        return lazyrootfs.read_profile(Path(self.labels[lazyrootfs.LAZY_LABEL]), self.id, timeout)
+
 
 class Containers:
     """``Store.containers``: the containers of one namespace."""
 
-    def __init__(self, ctx: OperationContext, records: ContainerRecords) -> None:
-        """Bind to the operation context and container records of one namespace."""
+    def __init__(self, ctx: OperationContext, records: ContainerRecords,
+                 open_lazy: Callable[[str, PlatformArg], lazyread.LazyImage] | None = None) -> None:
+        """Bind to the operation context and container records of one namespace; ``open_lazy``:
+        the store's cache of open eStargz images (a lazy create checks the image through it)."""
         self._ctx = ctx
         self._records = records
+        self._open_lazy = open_lazy
 
     def _wrap(self, rec: ContainerRecord) -> Container:
         ctx = self._ctx
@@ -94,7 +108,7 @@ class Containers:
         self, id: str, image: str, snapshotter: str = "overlayfs",
         labels: Mapping[str, str] | None = None, platform: PlatformArg = None,
         progress: Callable[[ProgressEvent], None] | None = None, lazy: bool = False,
-        *, fill: bool = True,
+        *, fill: bool = True, prefetch: lazyread.PrefetchFiles | None = None,
     ) -> Container:
         """Create container ``id`` with a writable snapshot of ``image`` (unpacking it if needed).
 
@@ -110,6 +124,8 @@ class Containers:
         container. FailedPrecondition when FUSE is missing or the image is not eStargz.
         ``fill=False`` (lazy only): no background unpack, so a lazily fetched image
         downloads only the chunks the container reads (and its prioritized files).
+        ``prefetch`` (lazy only): files or a profile, as ``store.prefetch`` takes them, fetched
+        while the helper starts, before this returns, instead of the prioritized files.
         """
         ctx = self._ctx
         validate_id(id)
@@ -131,7 +147,7 @@ class Containers:
             sn.prepare(id, parts.chain_id)
         except errors.NotFound:
             if lazy:
-                return self._create_lazy(id, img.name, parts, snapshotter, labels, fill)
+                return self._create_lazy(id, img.name, parts, snapshotter, labels, fill, platform, prefetch)
             with ctx.lease():
                 # unpack_parts records the use and, over a snapshot budget, evicts other images
                 unpack.unpack_parts(ctx, parts, image_ref=img.name, snapshotter=snapshotter,
@@ -147,7 +163,8 @@ class Containers:
         return self._wrap(rec)
 
     def _create_lazy(self, id: str, image: str, parts: ImageParts, snapshotter: str,
-                     labels: Mapping[str, str] | None, fill: bool = True) -> Container:
+                     labels: Mapping[str, str] | None, fill: bool = True, platform: PlatformArg = None,
+                     prefetch: lazyread.PrefetchFiles | None = None) -> Container:
         ctx = self._ctx
         sn = ctx.snapshotter(snapshotter)
         if not sn.supports_mount:
@@ -158,13 +175,23 @@ class Containers:
                 f"a lazy rootfs needs FUSE: {missing}; without it, read files with store.read_file, or create "
                 "the container without lazy=True (which unpacks the image)"
             )
-        lazyread.open_image(ctx, parts, image).close()  # typed errors here: not eStargz, blob missing, bad TOC
-        sn.prepare(id, "")  # the upper dir; the image's tree is the FUSE lower dir
+        # typed errors here: not eStargz, blob missing, bad TOC (the store's open image when it has one)
+        if self._open_lazy is not None:
+            opened, owned = self._open_lazy(image, platform), None
+        else:
+            opened = owned = lazyread.open_image(ctx, parts, image)
+        meanwhile = None if prefetch is None else (lambda: opened.prefetch(prefetch))
         try:
-            directory = lazyrootfs.start_helper(ctx.layout, ctx.namespace, id, image, snapshotter, fill=fill)
-        except BaseException:
-            sn.remove(id)
-            raise
+            sn.prepare(id, "")  # the upper dir; the image's tree is the FUSE lower dir
+            try:
+                directory = lazyrootfs.start_helper(ctx.layout, ctx.namespace, id, image, snapshotter, fill=fill,
+                                                    meanwhile=meanwhile)
+            except BaseException:
+                sn.remove(id)
+                raise
+        finally:
+            if owned is not None:
+                owned.close()
         try:
             rec = self._records.create(ContainerRecord(
                 id=id, image=image, snapshotter=snapshotter, snapshot_key=id,

@@ -75,6 +75,8 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         self._handles: dict[int, Node] = {}
         self._next_fh = itertools.count(1)
         self._fh_lock = threading.Lock()
+        self._reads: dict[str, list[tuple[int, int]]] = {}  # what the kernel asked for, by path
+        self._reads_lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -163,10 +165,30 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
             self._handles[fh] = node
         return fh
 
+    def reads(self) -> dict[str, list[tuple[int, int]]]:
+        """The byte ranges ``[start, end)`` of each file read so far (merged, in order): a
+        profile of the start for ``store.prefetch``. The kernel caches what it read, so each
+        range is asked for once, readahead included."""
+        with self._reads_lock:
+            items = [(p, sorted(rs)) for p, rs in self._reads.items()]
+        out: dict[str, list[tuple[int, int]]] = {}
+        for path, ranges in sorted(items):
+            merged: list[tuple[int, int]] = []
+            for start, end in ranges:
+                if merged and start <= merged[-1][1]:
+                    merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+                else:
+                    merged.append((start, end))
+            out[path] = merged
+        return out
+
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         """Up to ``size`` bytes at ``offset``, from the chunks they lie in."""
         node = self._handles.get(fh) or self._node(path)
         end = min(node.size, offset + size)
+        if end > offset:
+            with self._reads_lock:
+                self._reads.setdefault(path.lstrip("/"), []).append((offset, end))
         span = node.chunk_span(offset, end)
         chunks = node.chunks[span.start:span.stop]
         if len(chunks) > 1:  # several chunks: fetch the missing ones together (one ranged request when adjacent)

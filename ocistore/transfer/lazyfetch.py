@@ -43,7 +43,7 @@ from ocistore.estargz import FOOTER_SIZE, MAX_TOC_BYTES, TOC, TOC_DIGEST_ANNOTAT
 from ocistore.estargz.reader import TOCBlob
 from ocistore.estargz.toc import parse_toc
 from ocistore.images.graph import children, walk
-from ocistore.layout import ContentLayout
+from ocistore.layout import ContentLayout, chunk_file_name
 from ocistore.oci import mediatypes as mt
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.digest import algorithm_of, new_hasher
@@ -61,6 +61,7 @@ else:
 
 __all__ = [
     "MAX_CHUNK_BYTES",
+    "MAX_RANGES_PER_REQUEST",
     "MAX_RANGE_BYTES",
     "TAIL_GUESS",
     "TOC_LABEL",
@@ -81,6 +82,8 @@ TAIL_GUESS = 256 << 10
 """Bytes asked for from a layer's end at first: the footer and, most often, the whole TOC."""
 MAX_RANGE_BYTES = 16 << 20
 """Largest single ranged request (prefetch coalesces adjacent members up to this)."""
+MAX_RANGES_PER_REQUEST = 64
+"""Most ranges asked for in one request by a prefetch (``Range: bytes=a-b,c-d,...``)."""
 MAX_CHUNK_BYTES = 64 << 20
 """Largest chunk accepted (uncompressed); eStargz writers use 4 MiB by default."""
 
@@ -206,7 +209,7 @@ def _fetch_layer(
             return
     progress.emit(ref_key("layer", desc.digest), desc.digest, "layer", "downloading", 0, desc.size)
     try:
-        _toc, toc_blob = fetch_toc(client, name, desc)
+        toc, toc_blob = fetch_toc(client, name, desc)
     except errors.RangeNotSupported:
         fetch_blob(ctx.content, source, desc, progress)  # the registry sends whole blobs only
         return
@@ -215,6 +218,7 @@ def _fetch_layer(
     labels = dict(source.blob_labels(desc))
     labels[TOC_LABEL] = toc_blob.digest
     store.record_partial(PartialBlob(desc.digest, desc.size, name, toc_blob.digest, toc_blob.toc_offset), labels)
+    _PARSED_TOCS.put((toc_blob.digest, toc_blob.toc_offset), toc)  # the first read need not parse it again
 
 
 # -- completing partial layers -------------------------------------------------------------------
@@ -300,7 +304,10 @@ def remote_source(
             f"layer {layer.digest}: the descriptor's TOC digest {expected} is not the one fetched ({p.toc_digest})"
         )
     if toc is None:
+        toc = _PARSED_TOCS.get((p.toc_digest, p.toc_offset))
+    if toc is None:
         toc = parse_toc(ctx.content.read(p.toc_digest), payload_size=p.toc_offset)
+        _PARSED_TOCS.put((p.toc_digest, p.toc_offset), toc)
     ref = p.ref or image.name
     desc = Descriptor(layer.media_type, layer.digest, layer.size, dict(layer.annotations))
     if client is not None:
@@ -329,6 +336,9 @@ class RemoteLayerSource:
         self._offsets = _member_offsets(toc, toc_offset)
         self.requests = 0
         self.bytes_fetched = 0
+        self._count_lock = threading.Lock()
+        self._chunk_dir = str(content_layout.chunk_dir(desc.digest))
+        self._known: set[str] = set()  # chunks this source cached (if gc removes one, a read fetches it again)
 
     # -- LayerSource --
     @property
@@ -350,20 +360,35 @@ class RemoteLayerSource:
         self._store(chunk, data)
         return data
 
-    def prefetch(self, chunks: Sequence[Chunk]) -> None:
-        """Fetch the missing ``chunks``, adjacent members coalesced into ranges of at most
-        :data:`MAX_RANGE_BYTES` bytes, and cache them (each verified)."""
+    def prefetch(self, chunks: Sequence[Chunk], parallel: int | None = None) -> None:
+        """Fetch the missing ``chunks`` and cache them (each verified): adjacent members coalesced
+        into ranges of at most :data:`MAX_RANGE_BYTES` bytes, up to :data:`MAX_RANGES_PER_REQUEST`
+        ranges asked for in one request (``RegistryClient.read_ranges``), and up to ``parallel``
+        requests at once (default: the client's ``max_concurrent_downloads``)."""
         wanted: dict[int, list[Chunk]] = {}
         for c in chunks:
-            if not self._has(c):
+            if not self.has(c):
                 wanted.setdefault(self._member(c)[0], []).append(c)
-        for run in self._runs(sorted(wanted)):
-            start, end = run[0], self._member_end(run[-1])
-            data = self._read(start, end)
-            for member in run:
-                piece = data[member - start:self._member_end(member) - start]
-                for c in wanted[member]:
-                    self._store(c, self._inflate(piece, c))
+        if not wanted:
+            return
+        batches = self._batches(self._runs(sorted(wanted)))
+
+        def fetch(batch: list[list[int]]) -> None:
+            spans = [(run[0], self._member_end(run[-1])) for run in batch]
+            for run, (start, _end), data in zip(batch, spans, self._read_many(spans), strict=True):
+                for member in run:
+                    piece = data[member - start:self._member_end(member) - start]
+                    for c in wanted[member]:
+                        self._store(c, self._inflate(piece, c))
+
+        workers = min(len(batches), parallel or self._client.options.max_concurrent_downloads)
+        if workers <= 1:
+            for batch in batches:
+                fetch(batch)
+            return
+        with worker_pool(workers) as pool:
+            for f in [pool.submit(fetch, b) for b in batches]:
+                f.result()
 
     def prefetch_landmark(self) -> int:
         """With a ``.prefetch.landmark``: fetch every chunk before it (the prioritized files) in
@@ -408,22 +433,47 @@ class RemoteLayerSource:
                 runs.append([m])
         return runs
 
-    def _read(self, start: int, end: int) -> bytes:
+    def _batches(self, runs: list[list[int]]) -> list[list[list[int]]]:
+        """Runs grouped into requests of at most MAX_RANGES_PER_REQUEST ranges and
+        MAX_RANGE_BYTES bytes (what one request holds in memory)."""
+        batches: list[list[list[int]]] = []
+        size = 0
+        for run in runs:
+            n = self._member_end(run[-1]) - run[0]
+            if not batches or len(batches[-1]) >= MAX_RANGES_PER_REQUEST or size + n > MAX_RANGE_BYTES:
+                batches.append([])
+                size = 0
+            batches[-1].append(run)
+            size += n
+        return batches
+
+    def _check_span(self, start: int, end: int) -> None:
         if end - start > MAX_RANGE_BYTES:
             raise errors.SizeLimitExceeded(
                 f"layer {self._desc.digest}: a gzip member of {end - start} bytes at offset {start} exceeds the "
                 f"limit of {MAX_RANGE_BYTES} bytes"
             )
+
+    def _read(self, start: int, end: int) -> bytes:
+        return self._read_many([(start, end)])[0]
+
+    def _read_many(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        for start, end in spans:
+            self._check_span(start, end)
         try:
-            data = self._client.read_range(self._ref, self._desc, start, end)
+            if len(spans) == 1:
+                datas = [self._client.read_range(self._ref, self._desc, *spans[0])]
+            else:
+                datas = self._client.read_ranges(self._ref, self._desc, spans)
         except errors.RangeNotSupported as exc:
             raise errors.RangeNotSupported(
                 f"{exc}; chunks of layer {self._desc.digest} cannot be read lazily from {self._ref}: "
                 "fetch the image without lazy=True"
             ) from exc
-        self.requests += 1
-        self.bytes_fetched += len(data)
-        return data
+        with self._count_lock:
+            self.requests += 1
+            self.bytes_fetched += sum(len(d) for d in datas)
+        return datas
 
     def _inflate(self, member: bytes, chunk: Chunk) -> bytes:
         """The chunk's bytes from its gzip member, digest checked."""
@@ -465,12 +515,15 @@ class RemoteLayerSource:
             )
         return result
 
-    def _has(self, chunk: Chunk) -> bool:
+    def _chunk_file(self, chunk: Chunk) -> str:
+        return os.path.join(self._chunk_dir, chunk_file_name(chunk.digest))
+
+    def has(self, chunk: Chunk) -> bool:
         """Whether the cache holds the chunk (checked when it is read: a bad entry is fetched again then)."""
-        return self._layout.chunk_path(self._desc.digest, chunk.digest).exists()
+        return chunk.digest in self._known or os.path.exists(self._chunk_file(chunk))
 
     def _cached(self, chunk: Chunk) -> bytes | None:
-        path = self._layout.chunk_path(self._desc.digest, chunk.digest)
+        path = self._chunk_file(chunk)
         try:
             with open(path, "rb") as f:
                 data = f.read(chunk.size + 1)
@@ -478,23 +531,55 @@ class RemoteLayerSource:
             return None
         if len(data) == chunk.size and _digest(data, chunk.digest) == chunk.digest:
             return data
+        self._known.discard(chunk.digest)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # a damaged cache entry: fetch it again
         return None
 
     def _store(self, chunk: Chunk, data: bytes) -> None:
         """Cache verified bytes atomically; a cache that cannot be written is skipped."""
-        path = self._layout.chunk_path(self._desc.digest, chunk.digest)
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
+        path = self._chunk_file(chunk)
+        tmp = os.path.join(self._chunk_dir, f".tmp-{uuid.uuid4().hex}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
+            try:
+                f = open(tmp, "wb")  # noqa: SIM115 (closed below)
+            except FileNotFoundError:
+                os.makedirs(self._chunk_dir, exist_ok=True)
+                f = open(tmp, "wb")  # noqa: SIM115
+            with f:
                 f.write(data)
             os.replace(tmp, path)
+            self._known.add(chunk.digest)
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
+
+class _ParsedTOCs:
+    """The last few TOCs parsed in this process, by TOC digest and payload size: a TOC blob is
+    content-addressed and a parse depends on nothing else, and a large one takes a second."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._items: dict[tuple[str, int], TOC] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> TOC | None:
+        with self._lock:
+            hit = self._items.pop(key, None)
+            if hit is not None:
+                self._items[key] = hit
+            return hit
+
+    def put(self, key: tuple[str, int], toc: TOC) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+            self._items[key] = toc
+            while len(self._items) > self._size:
+                del self._items[next(iter(self._items))]
+
+
+_PARSED_TOCS = _ParsedTOCs()
 
 _OFFSETS: dict[tuple[int, int], list[int]] = {}
 _OFFSETS_LOCK = threading.Lock()

@@ -15,7 +15,7 @@ import io
 import os
 import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 import attrs
@@ -42,7 +42,10 @@ else:
 __all__ = [
     "LazyFile",
     "LazyImage",
+    "OpenImages",
     "LocalSource",
+    "PrefetchFiles",
+    "PrefetchResult",
     "TreeCache",
     "close_sources",
     "layer_sources",
@@ -125,6 +128,10 @@ class LocalSource:
         data = bytes(out[chunk.inner_offset:want])
         verify_chunk(chunk, data, self._what)
         return data
+
+    def has(self, chunk: Chunk) -> bool:
+        """Always: the whole blob is local."""
+        return True
 
     def prefetch(self, chunks: Sequence[Chunk]) -> None:
         """Nothing to do: the whole blob is local."""
@@ -221,6 +228,64 @@ class LazyImage:
         """Close the sources that hold files open."""
         close_sources(self.sources)
 
+    def prefetch(self, files: PrefetchFiles) -> PrefetchResult:
+        """Make the chunks holding ``files`` local, fetched together (see :data:`PrefetchFiles`).
+
+        Each remote layer's missing chunks go out in as few concurrent requests as its source
+        can make (several ranges per request); chunks already cached or in a complete local
+        blob cost nothing. A path the image lacks, or that is not a regular file, is skipped
+        and listed in the result's ``skipped`` (a profile recorded on another version of an
+        image still helps).
+        """
+        items: Iterable[tuple[str, Sequence[tuple[int, int]] | None]] = (
+            files.items() if isinstance(files, Mapping) else ((f, None) for f in files))
+        by_layer: dict[int, dict[tuple[int, int], Chunk]] = {}
+        result = PrefetchResult()
+        for path, ranges in items:
+            try:
+                node = self.file_node(path)
+            except (errors.NotFound, errors.InvalidArgument, errors.UnsafeArchive):
+                result.skipped.append(path)
+                continue
+            result.files += 1
+            spans = [range(len(node.chunks))] if ranges is None else [node.chunk_span(s, e) for s, e in ranges]
+            wanted = by_layer.setdefault(node.layer, {})
+            for span in spans:
+                for c in node.chunks[span.start:span.stop]:
+                    wanted[(c.offset, c.inner_offset)] = c
+        for layer, wanted in sorted(by_layer.items()):
+            source = self.sources[layer]
+            before = _counters(source)
+            source.prefetch(list(wanted.values()))
+            after = _counters(source)
+            result.chunks += len(wanted)
+            result.bytes += sum(c.size for c in wanted.values())
+            result.requests += after[0] - before[0]
+            result.fetched_bytes += after[1] - before[1]
+        return result
+
+
+PrefetchFiles = Iterable[str] | Mapping[str, Sequence[tuple[int, int]] | None]
+"""What to prefetch: paths (whole files), or paths mapped to the byte ranges ``[start, end)``
+of them to have local (``None``: the whole file), such as a start's recorded reads."""
+
+
+@attrs.define
+class PrefetchResult:
+    """What a prefetch did: files and chunks covered, their uncompressed bytes, and the ranged
+    requests and compressed bytes it took (0 when everything was local already)."""
+
+    files: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    requests: int = 0
+    fetched_bytes: int = 0
+    skipped: list[str] = attrs.field(factory=list)
+
+
+def _counters(source: LayerSource) -> tuple[int, int]:
+    return getattr(source, "requests", 0), getattr(source, "bytes_fetched", 0)
+
 
 class LazyFile(io.RawIOBase):
     """A file of a lazy image: seekable, reading only the chunks a read touches (one kept)."""
@@ -281,10 +346,13 @@ class LazyFile(io.RawIOBase):
         index = span.start
         chunk = self._node.chunks[index]
         if len(span) > 1 and (self._cached is None or self._cached[0] != index):
-            # a read spanning several chunks: ask for them together (a remote source coalesces
-            # adjacent members into one ranged request; a local one does nothing)
+            # a read spanning several chunks, the first not local: ask for them together (a remote
+            # source coalesces adjacent members into one ranged request). When the first one is
+            # local, only it is served: a buffered reader asks past what its caller wants, and the
+            # next call comes only if more is wanted.
             assert self._source is not None
-            self._source.prefetch(self._node.chunks[span.start:span.stop])
+            if not self._source.has(chunk):
+                self._source.prefetch(self._node.chunks[span.start:span.stop])
         data = self._chunk(index)
         at = self._pos - chunk.start
         n = min(len(buffer), len(data) - at)
@@ -320,6 +388,51 @@ class TreeCache:
             self._items[key] = (tree, tocs)
             while len(self._items) > self._size:
                 del self._items[next(iter(self._items))]
+
+
+class OpenImages:
+    """The last few opened lazy images of a store (trees and layer sources), reused by its reads.
+
+    Opening an image reads its records, manifest and config and opens a source per layer
+    (a registry source reads the partial record); a start that opens hundreds of files paid
+    that each time. An entry is reused while the image names the same target and none of the
+    layers it reads remotely has become complete in the content store since (it is opened
+    again then, to read the local blob). :meth:`close` closes the sources.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        """Keep at most ``size`` open images."""
+        self.trees = TreeCache()
+        self._size = size
+        self._items: dict[tuple[str, str, str], LazyImage] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ctx: OperationContext, image: str, platform: PlatformArg = None,
+            client: RegistryClient | None = None) -> LazyImage:
+        """The open image ``image`` of ``ctx`` (opened now when not cached or stale)."""
+        img = ctx.images.find(image)
+        key = (img.name, img.target.digest, repr(platform))
+        with self._lock:
+            hit = self._items.pop(key, None)
+        if hit is not None and not any(
+                not isinstance(src, LocalSource) and ctx.content.exists(src.layer_digest) for src in hit.sources):
+            with self._lock:
+                self._items[key] = hit  # most recently used last
+            return hit
+        parts = image_parts(ctx.content, img.target, platform, image=img.name)
+        opened = open_image(ctx, parts, img.name, self.trees, client)
+        with self._lock:
+            self._items[key] = opened
+            while len(self._items) > self._size:
+                del self._items[next(iter(self._items))]  # open files keep their sources alive
+        return opened
+
+    def close(self) -> None:
+        """Close the sources of every cached image and forget them."""
+        with self._lock:
+            items, self._items = list(self._items.values()), {}
+        for image in items:
+            image.close()
 
 
 def open_image(ctx: OperationContext, parts: ImageParts, name: str, cache: TreeCache | None = None,

@@ -43,7 +43,8 @@ from ocistore.metadata.containers import LAZY_ROOTFS_LABEL
 from ocistore.mount import is_mounted, unmount
 from ocistore.snapshots.types import Mount
 
-__all__ = ["LAZY_LABEL", "fuse_missing", "lazy_mounts", "restart_helper", "serving", "start_helper", "stop_helper"]
+__all__ = ["LAZY_LABEL", "fuse_missing", "lazy_mounts", "profile_request", "read_profile", "restart_helper", "serving",
+           "start_helper", "stop_helper", "write_profile"]
 
 LAZY_LABEL = LAZY_ROOTFS_LABEL
 """Container label: the directory of its lazy rootfs helper (mount point ``mnt``, ``pid``, ``log``)."""
@@ -71,9 +72,12 @@ def _log_tail(path: Path, n: int = 2000) -> str:
 
 
 def start_helper(layout: RootLayout, namespace: str, cid: str, image: str, snapshotter: str,
-                 *, fill: bool = True, timeout: float = _READY_TIMEOUT) -> Path:
+                 *, fill: bool = True, timeout: float = _READY_TIMEOUT,
+                 meanwhile: Callable[[], object] | None = None) -> Path:
     """Start the helper serving ``image`` for container ``cid``; returns its directory once the
-    mount is live. Unavailable (with the helper's log) if it fails or is not ready in time."""
+    mount is live. Unavailable (with the helper's log) if it fails or is not ready in time.
+    ``meanwhile`` runs here while the helper starts (a prefetch of a profile: the helper then
+    skips its own prefetch of the prioritized files); its errors stop the helper."""
     missing = fuse_missing()
     if missing is not None:
         raise errors.FailedPrecondition(f"a lazy rootfs needs FUSE: {missing}; without it, read files with "
@@ -89,6 +93,8 @@ def start_helper(layout: RootLayout, namespace: str, cid: str, image: str, snaps
             "--image", image, "--snapshotter", snapshotter, "--mountpoint", str(mnt), "--ready-fd", str(write_fd)]
     if not fill:
         args.append("--no-fill")
+    if meanwhile is not None:
+        args.append("--no-landmark")
     try:
         with open(log, "ab") as out:
             # sh starts the helper in the background and exits: the helper is reparented to
@@ -98,16 +104,24 @@ def start_helper(layout: RootLayout, namespace: str, cid: str, image: str, snaps
                                    env=dict(os.environ), timeout=30)
     finally:
         os.close(write_fd)
+    failed: BaseException | None = None
     try:
         if shell.returncode != 0:
             raise errors.Unavailable(f"could not start the lazy rootfs helper: {_log_tail(log)}")
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except BaseException as exc:  # the helper is starting: wait for its pid, then stop it
+                failed = exc
         pid = _wait_ready(read_fd, timeout, log)
+        (directory / "pid").write_text(f"{pid}\n")
+        if failed is not None:
+            raise failed
     except BaseException:
         _cleanup(directory)
         raise
     finally:
         os.close(read_fd)
-    (directory / "pid").write_text(f"{pid}\n")
     (directory / _HELPER).write_text(json.dumps({"image": image, "snapshotter": snapshotter, "fill": fill}))
     return directory
 
@@ -137,6 +151,48 @@ def restart_helper(layout: RootLayout, namespace: str, cid: str) -> Path:
         return start_helper(layout, namespace, cid, image, snapshotter, fill=fill)
     finally:
         lock.release(remove=True)
+
+
+_PROFILE, _PROFILE_REQUEST = "profile.json", "profile.request"
+
+
+def profile_request(directory: Path) -> int:
+    """The number of the last profile asked for in ``directory`` (0: none)."""
+    try:
+        text = (directory / _PROFILE_REQUEST).read_text().strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
+def write_profile(directory: Path, request: int, reads: dict[str, list[tuple[int, int]]]) -> None:
+    """The helper's answer to profile request ``request``: the reads it served (atomically)."""
+    tmp = directory / f".{_PROFILE}.tmp"
+    tmp.write_text(json.dumps({"request": request, "files": {p: [list(r) for r in rs] for p, rs in reads.items()}}))
+    os.replace(tmp, directory / _PROFILE)
+
+
+def read_profile(directory: Path, cid: str, timeout: float = 10.0) -> dict[str, list[tuple[int, int]]]:
+    """The byte ranges of each file the lazy rootfs in ``directory`` has served so far, asked
+    of its helper; Unavailable when the helper is gone or does not answer in ``timeout``."""
+    if not serving(directory):
+        raise errors.Unavailable(f"the lazy rootfs of container {cid!r} is not served (see {directory / 'log'})")
+    request = profile_request(directory) + 1
+    tmp = directory / f".{_PROFILE_REQUEST}.tmp"
+    tmp.write_text(f"{request}\n")
+    os.replace(tmp, directory / _PROFILE_REQUEST)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            doc = json.loads((directory / _PROFILE).read_text())
+            if int(doc["request"]) >= request:
+                return {str(p): [(int(a), int(b)) for a, b in rs] for p, rs in doc["files"].items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if time.monotonic() > deadline or not serving(directory):
+            raise errors.Unavailable(f"the lazy rootfs helper of container {cid!r} did not answer with its reads "
+                                     f"in {timeout:.0f} s (see {directory / 'log'})")
+        time.sleep(0.02)
 
 
 def serving(directory: Path) -> bool:
