@@ -117,3 +117,36 @@ def test_read_only_media_open_read_only_by_themselves(ro_mount: Path) -> None:
                  ["check", "--repair"]):
         res = run(ro_mount, *argv)
         assert res.code == 1 and "read-only" in res.stderr and res.stderr.count("\n") == 1, (argv, res.stderr)
+
+
+def _last_txn(root: Path) -> int:
+    import lmdb
+
+    env = lmdb.open(str(root / "metadata.lmdb"), readonly=True, lock=False, max_dbs=16)
+    try:
+        return int(env.info()["last_txnid"])
+    finally:
+        env.close()
+
+
+def test_opening_a_current_root_writes_nothing(root: Path) -> None:
+    before = _last_txn(root)
+    for readonly in (False, True, False):
+        with Store(root, readonly=readonly) as s:
+            assert s.images.get(NAME).name == NAME
+    assert _last_txn(root) == before  # no write transaction (and so no fdatasync) on open
+
+
+def test_an_older_schema_is_migrated_by_a_read_write_open_only(root: Path) -> None:
+    import lmdb
+
+    env = lmdb.open(str(root / "metadata.lmdb"), max_dbs=16)
+    with env.begin(write=True) as txn:  # what a root from before schema version 1 looks like
+        assert txn.delete(b"version", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with pytest.raises(errors.FailedPrecondition, match="schema version 0"):
+        Store(root, readonly=True)
+    with Store(root) as s:
+        assert s.images.get(NAME).name == NAME
+    with Store(root, readonly=True) as s:  # migrated: read-only opens work again
+        assert s.check().ok

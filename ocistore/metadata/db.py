@@ -331,6 +331,12 @@ class DB:
             )
 
     def _migrate(self) -> None:
+        """Bring the schema up to date. A root that is current is only read: opening a store
+        costs no write transaction (and no fdatasync) unless its schema is older."""
+        with self.read() as txn:
+            current = (txn.get("meta", b"version") or 0) == SCHEMA_VERSION
+        if current:
+            return
         with self.write() as txn:
             version = txn.get("meta", b"version") or 0
             if version > SCHEMA_VERSION:
