@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from ocistore import errors
-from ocistore.cli.progress import ProgressPrinter
-from ocistore.store import Store
+
+if TYPE_CHECKING:
+    import re
+
+    from ocistore.cli.progress import ProgressPrinter
+    from ocistore.store import Store
 
 __all__ = ["Context", "UsageError", "cli_wording", "error_line"]
 
 # API messages name the options that would help as Python keywords; the command line says
 # which flag does the same. Only whole keywords are rewritten (``all_platforms=True`` is not
-# ``platform=``).
+# ``platform=``). Compiled on the first error message, not at every start.
 _API_TO_CLI = (
-    (re.compile(r"\ball_platforms=True\b"), "--all-platforms"),
-    (re.compile(r"\bstrict=False\b"), "--non-strict"),
-    (re.compile(r"\bplatform=(?=\w)"), "--platform "),
-    (re.compile(r"\bplatform="), "--platform"),
-    (re.compile(r"\bcheck\(repair=True\)"), "'ocistore check --repair'"),
-    (re.compile(r"\bstore\.convert\('([^']*)', to='estargz'\)"), r"'ocistore images convert --estargz \1 DST'"),
-    (re.compile(r"\bwithout lazy=True\b"), "without --lazy"),
+    (r"\ball_platforms=True\b", "--all-platforms"),
+    (r"\bstrict=False\b", "--non-strict"),
+    (r"\bplatform=(?=\w)", "--platform "),
+    (r"\bplatform=", "--platform"),
+    (r"\bcheck\(repair=True\)", "'ocistore check --repair'"),
+    (r"\bstore\.convert\('([^']*)', to='estargz'\)", r"'ocistore images convert --estargz \1 DST'"),
+    (r"\bwithout lazy=True\b", "without --lazy"),
 )
+_compiled: list[tuple[re.Pattern[str], str]] = []
 
 
 class UsageError(Exception):
@@ -36,8 +40,12 @@ class UsageError(Exception):
 
 def cli_wording(text: str) -> str:
     """``text`` with the API keywords it suggests (``all_platforms=True``) as command-line flags."""
-    for pattern, flag in _API_TO_CLI:
-        text = pattern.sub(flag, text)
+    if not _compiled:
+        import re
+
+        _compiled.extend((re.compile(pattern), flag) for pattern, flag in _API_TO_CLI)
+    for compiled, flag in _compiled:
+        text = compiled.sub(flag, text)
     return text
 
 
@@ -73,6 +81,8 @@ class Context:
     def store(self) -> Store:
         """The store at ``root`` in ``namespace``, opened on first use."""
         if self._store is None:
+            from ocistore.store import Store
+
             self._store = Store(self.root, namespace=self.namespace)
         return self._store
 
@@ -120,5 +130,7 @@ class Context:
         """
         if self.json:
             return None
+        from ocistore.cli.progress import ProgressPrinter
+
         isatty = getattr(self.stdout, "isatty", None)
         return ProgressPrinter(self.stdout, tty=bool(isatty and isatty()))
