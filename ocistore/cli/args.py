@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from ocistore import errors
 from ocistore.cli.context import Context, UsageError
 
-__all__ = ["add_json_flag", "for_each", "parse_duration", "parse_labels", "parse_size", "size_arg"]
+if TYPE_CHECKING:
+    from ocistore.cli.progress import ProgressPrinter
+
+__all__ = [
+    "add_json_flag", "add_platform_argument", "add_snapshotter_argument", "for_each", "parse_duration",
+    "parse_labels", "parse_size", "progress_of", "size_arg",
+]
 
 _UNIT_SECONDS = {
     "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
@@ -21,6 +29,33 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
 def add_json_flag(p: argparse.ArgumentParser) -> None:
     """A verb-level ``--json`` (the same as the global one; absent means "keep the global value")."""
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+
+
+def add_platform_argument(p: argparse.ArgumentParser) -> None:
+    """``--platform OS/ARCH[/VARIANT]`` (default: the host's)."""
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform (default: this host's)")
+
+
+def add_snapshotter_argument(p: argparse.ArgumentParser) -> None:
+    """``--snapshotter NAME`` (default: overlayfs)."""
+    p.add_argument("--snapshotter", default="overlayfs", help="snapshotter (default: overlayfs)")
+
+
+@contextmanager
+def progress_of(ctx: Context, terminal_only: bool = False) -> Iterator[ProgressPrinter | None]:
+    """A progress printer for one operation, closed (final frame drawn) afterwards.
+
+    ``terminal_only`` shows progress on a terminal and nothing otherwise (for verbs whose
+    stdout scripts read, such as ``containers create``); then the printer's modules are not
+    even loaded when stdout is not a terminal.
+    """
+    isatty = getattr(ctx.stdout, "isatty", None)
+    printer = None if terminal_only and not (isatty and isatty()) else ctx.progress()
+    try:
+        yield printer
+    finally:
+        if printer is not None:
+            printer.close()
 
 
 def parse_labels(items: Iterable[str], allow_empty: bool = True) -> dict[str, str]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ocistore.cli import pull
-from ocistore.cli.args import for_each, parse_labels
+from ocistore.cli.args import add_platform_argument, add_snapshotter_argument, for_each, parse_labels, progress_of
 from ocistore.cli.context import Context
 from ocistore.cli.output import format_labels, print_json, print_table
-from ocistore.cli.snapshots import cmd_umount, mount_commands, mount_on
 
 __all__ = ["register"]
 
@@ -23,8 +21,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = verbs.add_parser("create", help="create container ID with a writable snapshot of IMAGE")
     p.add_argument("id", metavar="ID")
     p.add_argument("image", metavar="IMAGE")
-    pull.add_snapshotter_argument(p)
-    pull.add_platform_argument(p)
+    add_snapshotter_argument(p)
+    add_platform_argument(p)
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label the container")
     p.add_argument("--lazy", action="store_true",
                    help="eStargz image not unpacked yet: a FUSE rootfs that reads files on first access "
@@ -80,7 +78,7 @@ def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
         from ocistore.cli.images import read_profile_file
 
         prefetch = read_profile_file(ctx, args.prefetch_profile)
-    with pull.progress_of(ctx, terminal_only=True) as progress:  # a lazy unpack takes seconds
+    with progress_of(ctx, terminal_only=True) as progress:  # a lazy unpack takes seconds
         container = ctx.store.containers.create(args.id, args.image, snapshotter=args.snapshotter,
                                                 labels=labels or None, platform=args.platform,
                                                 progress=progress, lazy=args.lazy, fill=not args.no_fill,
@@ -117,6 +115,8 @@ def cmd_mounts(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.json:
         print_json(ctx.stdout, mounts)
     else:
+        from ocistore.cli.snapshots import mount_commands
+
         for line in mount_commands(mounts, args.target):
             ctx.out(line)
     return 0
@@ -124,7 +124,16 @@ def cmd_mounts(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_mount(ctx: Context, args: argparse.Namespace) -> int:
     """``containers mount ID TARGET``: a real mount of the container's root filesystem."""
+    from ocistore.cli.snapshots import mount_on
+
     return mount_on(ctx, ctx.store.containers.get(args.id).mounts, args.target)
+
+
+def cmd_umount(ctx: Context, args: argparse.Namespace) -> int:
+    """``containers umount TARGET``: as ``snapshots umount``."""
+    from ocistore.cli import snapshots
+
+    return snapshots.cmd_umount(ctx, args)
 
 
 def cmd_profile(ctx: Context, args: argparse.Namespace) -> int:

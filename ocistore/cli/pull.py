@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from ocistore.cli.args import parse_size, size_arg
+from ocistore.cli.args import (
+    add_platform_argument,
+    add_snapshotter_argument,
+    parse_size,
+    progress_of,
+    size_arg,
+)
 from ocistore.cli.context import Context, UsageError
 from ocistore.cli.describe import image_json
 from ocistore.cli.output import print_json
-from ocistore.cli.progress import ProgressPrinter
 from ocistore.cli.registry import add_registry_options, registry_options
 from ocistore.metadata.images import Image
 from ocistore.transfer import DEFAULT_THRESHOLD
@@ -31,33 +34,6 @@ __all__ = [
 ]
 
 DEFAULT_UNPACK_THRESHOLD = DEFAULT_THRESHOLD
-
-
-@contextmanager
-def progress_of(ctx: Context, terminal_only: bool = False) -> Iterator[ProgressPrinter | None]:
-    """A progress printer for one operation, closed (final frame drawn) afterwards.
-
-    ``terminal_only`` shows progress on a terminal and nothing otherwise (for verbs whose
-    stdout scripts read, such as ``containers create``).
-    """
-    printer = ctx.progress()
-    if terminal_only and printer is not None and not printer.tty:
-        printer = None
-    try:
-        yield printer
-    finally:
-        if printer is not None:
-            printer.close()
-
-
-def add_platform_argument(p: argparse.ArgumentParser) -> None:
-    """``--platform OS/ARCH[/VARIANT]`` (default: the host's)."""
-    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform (default: this host's)")
-
-
-def add_snapshotter_argument(p: argparse.ArgumentParser) -> None:
-    """``--snapshotter NAME`` (default: overlayfs)."""
-    p.add_argument("--snapshotter", default="overlayfs", help="snapshotter (default: overlayfs)")
 
 
 def add_fetch_arguments(p: argparse.ArgumentParser) -> None:

@@ -22,12 +22,15 @@ from ocistore.metadata.containers import LAZY_ROOTFS_LABEL, ContainerRecord, Con
 from ocistore.oci.platform import PlatformArg
 from ocistore.snapshots.types import Mount
 from ocistore.transfer.context import OperationContext, SnapshotterLookup
-from ocistore.transfer.progress import Progress, ProgressEvent
 
 if TYPE_CHECKING:
     from ocistore.transfer import lazyread, lazyrootfs, unpack
+    from ocistore.transfer import progress as _progress
+    from ocistore.transfer.progress import ProgressEvent
 else:
-    # A create of an unpacked image needs neither the applier nor eStargz and FUSE.
+    # A create of an unpacked image needs neither the applier nor eStargz and FUSE, nor the
+    # progress records (only a create that unpacks reports progress).
+    _progress = lazy_module("ocistore.transfer.progress")
     lazyread = lazy_module("ocistore.transfer.lazyread")
     lazyrootfs = lazy_module("ocistore.transfer.lazyrootfs")
     unpack = lazy_module("ocistore.transfer.unpack")
@@ -151,7 +154,7 @@ class Containers:
             with ctx.lease():
                 # unpack_parts records the use and, over a snapshot budget, evicts other images
                 unpack.unpack_parts(ctx, parts, image_ref=img.name, snapshotter=snapshotter,
-                             progress=Progress(progress))
+                             progress=_progress.Progress(progress))
                 sn.prepare(id, parts.chain_id)
         try:
             rec = self._records.create(ContainerRecord(
