@@ -61,6 +61,14 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     Raises :class:`RangeNotSatisfiable` for a ``bytes`` range that is malformed or cannot
     be satisfied.
     """
+    spec = _byte_specs(header)
+    if spec is None or "," in spec:
+        return None
+    return _one(spec, size)
+
+
+def _byte_specs(header: str | None) -> str | None:
+    """The range specs of a ``bytes`` Range header; None without one or for another unit."""
     if header is None:
         return None
     unit = _UNIT.match(header)
@@ -68,10 +76,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
         raise RangeNotSatisfiable(f"malformed Range header {header[:100]!r}")
     if unit.group(1).lower() != "bytes":
         return None
-    spec = unit.group(2)
-    if "," in spec:
-        return None
-    return _one(spec, size)
+    return unit.group(2)
 
 
 def parse_ranges(header: str | None, size: int) -> list[ByteRange] | None:
@@ -80,14 +85,10 @@ def parse_ranges(header: str | None, size: int) -> list[ByteRange] | None:
 
     Raises :class:`RangeNotSatisfiable` for a malformed range, or when none can be satisfied.
     """
-    if header is None:
+    spec = _byte_specs(header)
+    if spec is None:
         return None
-    unit = _UNIT.match(header)
-    if unit is None:
-        raise RangeNotSatisfiable(f"malformed Range header {header[:100]!r}")
-    if unit.group(1).lower() != "bytes":
-        return None
-    specs = unit.group(2).split(",")
+    specs = spec.split(",")
     if len(specs) > MAX_RANGES:
         return None
     if len(specs) == 1:
