@@ -744,6 +744,8 @@ def test_the_one_command_parser_reads_argv_as_the_whole_parser(argv: list[str]) 
     [], ["--help"], ["-h", "containers"], ["--version"], ["bogus"], ["--root"], ["containers"],
     ["containers", "create"], ["containers", "create", "--help"], ["c", "bogus"], ["images", "ls", "--bogus"],
     ["--root", "R", "containers", "ls", "extra"], ["gc", "--help"], ["--root", "R", "--", "containers", "ls"],
+    ["--version", "images", "ls"], ["--root", "R", "--vers"], ["--version", "-h"], ["-h", "--version"],
+    ["--root", "--version"], ["--version", "bogus"],
 ])
 def test_help_usage_errors_and_exit_codes_are_those_of_the_whole_parser(argv: list[str]) -> None:
     import contextlib as cl

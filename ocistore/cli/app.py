@@ -113,14 +113,22 @@ def _command_module(argv: Sequence[str]) -> str | None:
         args = scan.parse_args(argv)
     except _NotACommand:
         return None
-    if args.help or args.version:
+    if args.help:
         return None
+    if args.version:
+        return _VERSION_ONLY
     return COMMANDS.get(args.command[0])
+
+
+_VERSION_ONLY = ""
+"""What the scan gives for a ``--version`` that only needs the global options to answer."""
 
 
 def parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
     """A parser that reads ``argv`` exactly as :func:`build_parser`'s does, built for its command only."""
     module = _command_module(argv)
+    if module == _VERSION_ONLY:
+        return _parser(())  # argparse answers --version as it meets it, before any command
     return build_parser() if module is None else _parser((module,))
 
 
