@@ -75,6 +75,15 @@ def test_bench_end_to_end_on_a_tiny_image(tmp_path: Path) -> None:
     assert data["command"] == "ocistore bench (test)" and data["machine"]["cpus"] >= 1
     assert data["images"]["tiny:1"]["modes"]["pull"]["api"][0]["images"][0]["steps"]["pull"] > 0
     md = written["markdown"].read_text()
+    # issue 14's figures, measured the same way each time: the pull against its two halves
+    rows = report.summarize(results)
+    fig = rows["pipeline"]["tiny:1"]
+    fetch_row = rows["images"]["tiny:1"]["fetch"]["api"]
+    halves = (fetch_row["fetch"]["median"], fetch_row["create"]["median"])
+    assert fig["pull_over_max"] == pytest.approx(fig["pull"]["median"] / max(halves))
+    assert fig["pull_over_sum"] == pytest.approx(fig["pull"]["median"] / sum(halves))
+    assert fig["pull_over_ctr"] is None and fig["cli_create_after_pull"]["n"] == 2
+    assert f"pull / max(fetch, unpack) {fig['pull_over_max']:.2f}" in md
     assert "### tiny:1" in md and "Which mode should I use" in md and "containerd: skipped" in md
     assert ("not available: " + (lazy_missing or "")) in md if lazy_missing else True
     text = readme.read_text()
@@ -106,6 +115,7 @@ def test_bench_end_to_end_on_a_tiny_image(tmp_path: Path) -> None:
             assert ratio == pytest.approx(0.5)
         assert row["ratios"]["disk"]["create"]["total"] == pytest.approx(1.0)
     assert "ratios" not in summary["discard"]  # no containerd counterpart
+    assert report.summarize(fake)["pipeline"]["tiny:1"]["pull_over_ctr"] == pytest.approx(0.5)
 
 
 @pytest.mark.containerd
