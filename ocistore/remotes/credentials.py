@@ -20,16 +20,21 @@ import base64
 import binascii
 import json
 import os
-import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
 
 from ocistore import errors
+from ocistore._lazy import lazy_module
 from ocistore.remotes.options import CredentialsOption
+
+if TYPE_CHECKING:
+    import subprocess
+else:
+    subprocess = lazy_module("subprocess")  # loaded on first use, not by every fresh process
 
 __all__ = ["CredentialSource", "DockerConfig", "docker_config_path"]
 

@@ -20,16 +20,21 @@ from __future__ import annotations
 import ipaddress
 import os
 import posixpath
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
 
 from ocistore import errors
+from ocistore._lazy import lazy_module
 from ocistore.remotes.options import RegistryOptions
+
+if TYPE_CHECKING:
+    import tomllib
+else:
+    tomllib = lazy_module("tomllib")  # loaded on first use, not by every fresh process
 
 __all__ = [
     "ALL_CAPABILITIES",

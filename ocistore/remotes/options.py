@@ -8,10 +8,17 @@ the caller asks ``is_exhausted()`` instead of counting attempts in its own loop.
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import attrs
+
+from ocistore._lazy import lazy_module
+
+if TYPE_CHECKING:
+    import random
+else:
+    random = lazy_module("random")  # loaded on first use, not by every fresh process
 
 __all__ = [
     "DEFAULT_USER_AGENT",

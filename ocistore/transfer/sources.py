@@ -7,18 +7,22 @@ import io
 import json
 import os
 import posixpath
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ocistore import errors
+from ocistore._lazy import lazy_module
 from ocistore.content.types import ContentWriter
 from ocistore.oci.descriptor import Descriptor
 from ocistore.oci.imagelayout import blob_name
 
 if TYPE_CHECKING:
+    import tarfile
+
     from ocistore.remotes import RegistryClient
+else:
+    tarfile = lazy_module("tarfile")  # archives only: loaded on first use, not by every fresh process
 
 __all__ = ["LayoutSource", "RegistrySource", "TarIndex", "copy_into"]
 
