@@ -20,7 +20,7 @@ PKG = Path(__file__).resolve().parent.parent / "ocistore"
 
 # DESIGN.md's layers, bottom up. Private helpers sit with the layer that owns their concern.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "_time", "_files", "_lazy", "_faults"),
+    ("errors", "_time", "_files", "_lazy", "_faults", "_lru"),
     ("oci",),
     ("filters", "layout", "_locks"),
     ("content",),

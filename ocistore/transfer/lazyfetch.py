@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ocistore import errors
 from ocistore._lazy import lazy_module
+from ocistore._lru import LRU
 from ocistore.content.types import PartialBlob, PartialStore
 from ocistore.estargz import FOOTER_SIZE, MAX_TOC_BYTES, TOC, TOC_DIGEST_ANNOTATION, Chunk, open_verifier, parse_footer
 from ocistore.estargz.reader import TOCBlob
@@ -555,31 +556,9 @@ class RemoteLayerSource:
                 os.unlink(tmp)
 
 
-class _ParsedTOCs:
-    """The last few TOCs parsed in this process, by TOC digest and payload size: a TOC blob is
-    content-addressed and a parse depends on nothing else, and a large one takes a second."""
-
-    def __init__(self, size: int = 8) -> None:
-        self._size = size
-        self._items: dict[tuple[str, int], TOC] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, int]) -> TOC | None:
-        with self._lock:
-            hit = self._items.pop(key, None)
-            if hit is not None:
-                self._items[key] = hit
-            return hit
-
-    def put(self, key: tuple[str, int], toc: TOC) -> None:
-        with self._lock:
-            self._items.pop(key, None)
-            self._items[key] = toc
-            while len(self._items) > self._size:
-                del self._items[next(iter(self._items))]
-
-
-_PARSED_TOCS = _ParsedTOCs()
+# The last few TOCs parsed in this process, by TOC digest and payload size: a TOC blob is
+# content-addressed and a parse depends on nothing else, and a large one takes a second.
+_PARSED_TOCS: LRU[tuple[str, int], TOC] = LRU(8)
 
 _OFFSETS: dict[tuple[int, int], list[int]] = {}
 _OFFSETS_LOCK = threading.Lock()

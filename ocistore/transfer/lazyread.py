@@ -22,6 +22,7 @@ import attrs
 
 from ocistore import errors
 from ocistore._lazy import lazy_module
+from ocistore._lru import LRU
 from ocistore.content.types import Provider, is_partial
 from ocistore.estargz.source import LayerSource
 from ocistore.estargz.toc import TOC, Chunk
@@ -370,24 +371,15 @@ class TreeCache:
 
     def __init__(self, size: int = 8) -> None:
         """Keep at most ``size`` trees."""
-        self._size = size
-        self._items: dict[tuple[tuple[str, str], ...], tuple[MergedTree, list[TOC]]] = {}
-        self._lock = threading.Lock()
+        self._items: LRU[tuple[tuple[str, str], ...], tuple[MergedTree, list[TOC]]] = LRU(size)
 
     def get(self, key: tuple[tuple[str, str], ...]) -> tuple[MergedTree, list[TOC]] | None:
         """The cached tree and TOCs of ``key``."""
-        with self._lock:
-            hit = self._items.pop(key, None)
-            if hit is not None:
-                self._items[key] = hit  # most recently used last
-            return hit
+        return self._items.get(key)
 
     def put(self, key: tuple[tuple[str, str], ...], tree: MergedTree, tocs: list[TOC]) -> None:
         """Remember a tree, dropping the least recently used beyond the size."""
-        with self._lock:
-            self._items[key] = (tree, tocs)
-            while len(self._items) > self._size:
-                del self._items[next(iter(self._items))]
+        self._items.put(key, (tree, tocs))
 
 
 class OpenImages:
@@ -403,35 +395,25 @@ class OpenImages:
     def __init__(self, size: int = 8) -> None:
         """Keep at most ``size`` open images."""
         self.trees = TreeCache()
-        self._size = size
-        self._items: dict[tuple[str, str, str], LazyImage] = {}
-        self._lock = threading.Lock()
+        self._items: LRU[tuple[str, str, str], LazyImage] = LRU(size)  # evicted ones: open files keep them alive
 
     def get(self, ctx: OperationContext, image: str, platform: PlatformArg = None,
             client: RegistryClient | None = None) -> LazyImage:
         """The open image ``image`` of ``ctx`` (opened now when not cached or stale)."""
         img = ctx.images.find(image)
         key = (img.name, img.target.digest, repr(platform))
-        with self._lock:
-            hit = self._items.pop(key, None)
+        hit = self._items.get(key)
         if hit is not None and not any(
                 not isinstance(src, LocalSource) and ctx.content.exists(src.layer_digest) for src in hit.sources):
-            with self._lock:
-                self._items[key] = hit  # most recently used last
             return hit
         parts = image_parts(ctx.content, img.target, platform, image=img.name)
         opened = open_image(ctx, parts, img.name, self.trees, client)
-        with self._lock:
-            self._items[key] = opened
-            while len(self._items) > self._size:
-                del self._items[next(iter(self._items))]  # open files keep their sources alive
+        self._items.put(key, opened)
         return opened
 
     def close(self) -> None:
         """Close the sources of every cached image and forget them."""
-        with self._lock:
-            items, self._items = list(self._items.values()), {}
-        for image in items:
+        for image in self._items.drain():
             image.close()
 
 
