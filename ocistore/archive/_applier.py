@@ -135,13 +135,7 @@ class Applier:
                 return
         else:  # pragma: no cover - the parser only returns the types above
             raise errors.InvalidArgument(f"member {entry.name!r}: unsupported type {kind!r}")
-        # mark(rel), inline
-        self.unpacked.add(rel)
-        parent, _, _ = rel.rpartition("/")
-        keep = self.keep
-        while parent and parent not in keep:
-            keep.add(parent)
-            parent = parent.rpartition("/")[0]
+        self.mark(rel)
 
     def mark(self, rel: str) -> None:
         """Record ``rel`` (and its ancestors) as written by this layer."""
@@ -166,8 +160,7 @@ class Applier:
             self.resolver.invalidate()
 
     def _regular(self, entry: TarEntry, rel: str, reader: TarReader) -> None:
-        if self.resolver.is_cached_dir(rel):  # _replacing(rel), inline
-            self.resolver.invalidate()
+        self._replacing(rel)
         mode = entry.mode
         try:
             fd = os.open(rel, FILE_FLAGS, mode & 0o777, dir_fd=self.root_fd)  # create_file's first try

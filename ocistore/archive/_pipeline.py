@@ -183,9 +183,6 @@ class Pipeline:
 
     # -- workers -------------------------------------------------------------------------
 
-    def _put(self, q: _Channel, item: object) -> bool:
-        return q.put(item)
-
     def _read(self, n: int) -> bytes:
         if self._stop.is_set():
             raise _Stopped
@@ -234,13 +231,13 @@ class Pipeline:
             else:
                 pieces = decode(compression, read)
             for piece in pieces:
-                if not self._put(q, piece):
+                if not q.put(piece):
                     return
-            self._put(q, _DONE)
+            q.put(_DONE)
         except _Stopped:
             return
         except BaseException as exc:  # handed to the consumer thread, which raises it
-            self._put(q, exc)
+            q.put(exc)
 
     def _hash(self) -> None:
         src, dst = self._compressed_q, self._plain_q

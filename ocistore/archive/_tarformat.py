@@ -142,6 +142,12 @@ _NUMBERS: dict[bytes, int] = {}  # numeric header fields already parsed (octal A
 _NUMBERS_MAX = 4096
 
 
+def _number(field: bytes, what: str) -> int:
+    """A numeric header field: the cached value of the same bytes, or parsed (and cached)."""
+    value = _NUMBERS.get(field)
+    return value if value is not None else _cached_number(field, what)
+
+
 def _cached_number(field: bytes, what: str) -> int:
     """``parse_number``, remembering the octal fields (the next headers repeat most of them)."""
     try:
@@ -333,9 +339,7 @@ class TarReader:
             if checksum != b"%06o\x00 " % unsigned:  # not written the way GNU tar and Go write it
                 _verify_checksum(block, checksum)  # any other spelling, the signed sum; raises on a mismatch
             flag = fields[7]
-            size = _NUMBERS.get(fields[4])
-            if size is None:
-                size = _cached_number(fields[4], "size field")
+            size = _number(fields[4], "size field")
             if size < 0:
                 raise _bad(f"negative size in the header of {_decode(_cstring(fields[0]))!r}")
             self._remaining = size
@@ -367,19 +371,10 @@ class TarReader:
                 name = ext.long_name
             if ext.long_link is not None:
                 link = ext.long_link
-        numbers = _NUMBERS  # mode, owner and time fields repeat from member to member
-        mode = numbers.get(fields[1])
-        if mode is None:
-            mode = _cached_number(fields[1], "mode field")
-        uid = numbers.get(fields[2])
-        if uid is None:
-            uid = _cached_number(fields[2], "uid field")
-        gid = numbers.get(fields[3])
-        if gid is None:
-            gid = _cached_number(fields[3], "gid field")
-        mtime = numbers.get(fields[5])
-        if mtime is None:
-            mtime = _cached_number(fields[5], "mtime field")
+        # mode, owner and time fields repeat from member to member: cached by their bytes
+        mode = _number(fields[1], "mode field")
+        uid, gid = _number(fields[2], "uid field"), _number(fields[3], "gid field")
+        mtime = _number(fields[5], "mtime field")
         entry = TarEntry(
             name.decode("utf-8", "surrogateescape"), "", mode & 0o7777, uid, gid, size, mtime * 1_000_000_000
         )
