@@ -322,3 +322,12 @@ def test_a_recorded_profile_prefetches_the_next_start(corpus: Any, tmp_path: Pat
         assert second.read_file(image.name, "etc/os-release") == store.read_file(name, "etc/os-release")
         assert asked == []
         assert second.check().ok
+
+
+def test_recorded_reads_of_a_long_lived_rootfs_stay_merged() -> None:
+    from ocistore.transfer import fuseserver
+
+    assert fuseserver._merged([(10, 20), (0, 5), (5, 8), (15, 30), (40, 41)]) == [(0, 8), (10, 30), (40, 41)]
+    # the FUSE read path merges a file's list in place once it passes _MERGE_AT entries
+    reads = [(i * 10, i * 10 + 10) for i in range(fuseserver._MERGE_AT + 1)]  # adjacent: one range
+    assert fuseserver._merged(reads) == [(0, 10 * (fuseserver._MERGE_AT + 1))]

@@ -170,17 +170,8 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         profile of the start for ``store.prefetch``. The kernel caches what it read, so each
         range is asked for once, readahead included."""
         with self._reads_lock:
-            items = [(p, sorted(rs)) for p, rs in self._reads.items()]
-        out: dict[str, list[tuple[int, int]]] = {}
-        for path, ranges in sorted(items):
-            merged: list[tuple[int, int]] = []
-            for start, end in ranges:
-                if merged and start <= merged[-1][1]:
-                    merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-                else:
-                    merged.append((start, end))
-            out[path] = merged
-        return out
+            items = [(p, list(rs)) for p, rs in self._reads.items()]
+        return {path: _merged(ranges) for path, ranges in sorted(items)}
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         """Up to ``size`` bytes at ``offset``, from the chunks they lie in."""
@@ -188,7 +179,10 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         end = min(node.size, offset + size)
         if end > offset:
             with self._reads_lock:
-                self._reads.setdefault(path.lstrip("/"), []).append((offset, end))
+                ranges = self._reads.setdefault(path.lstrip("/"), [])
+                ranges.append((offset, end))
+                if len(ranges) > _MERGE_AT:  # a long-lived container rereads: memory stays bounded
+                    ranges[:] = _merged(ranges)
         span = node.chunk_span(offset, end)
         chunks = node.chunks[span.start:span.stop]
         if len(chunks) > 1:  # several chunks: fetch the missing ones together (one ranged request when adjacent)
@@ -236,3 +230,18 @@ def serve(ops: LazyFS, mountpoint: str) -> None:
     """Mount ``ops`` read-only at ``mountpoint`` and serve it until it is unmounted."""
     mfusepy.FUSE(ops, mountpoint, foreground=True, ro=True, allow_other=True, default_permissions=True,
                  fsname="ocistore-lazy", subtype="ocistore", use_ino=True, kernel_cache=True)
+
+
+_MERGE_AT = 1024
+"""Recorded reads of one file beyond which they are merged in place."""
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges sorted, those that overlap or touch joined."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
