@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -62,7 +64,7 @@ def test_scattered_chunks_come_in_one_multipart_request(
         local = LocalSource(source.content, _layer(source, small_chunks))  # the same blob, whole
         with store.remote_source(image.name, layer) as src:
             chunks = _scattered(src, 40)
-            src.prefetch(chunks, parallel=1)
+            src.prefetch(chunks, parallel=3)
             assert src.requests == 1  # 40 ranges, one request
             for c in chunks:
                 assert src.has(c)
@@ -117,7 +119,7 @@ def test_every_answer_to_several_ranges_gives_the_right_bytes(fake: FakeRegistry
             picked = _scattered(src, 5)
             chunks, later = picked[:3], picked[3:]
             fake.log.clear()
-            src.prefetch(chunks, parallel=1)
+            src.prefetch(chunks, parallel=3)
             several = [r for r in fake.ranged() if r and "," in r]
             singles = [r for r in fake.ranged() if r and "," not in r]
             assert len(several) == 1
@@ -152,12 +154,12 @@ def test_wrong_bytes_in_a_multipart_answer_are_caught_and_not_cached(fake: FakeR
         with store.remote_source(image.name, layer) as src:
             chunks = _scattered(src, 3)
             with pytest.raises((errors.DigestMismatch, errors.InvalidEStargz)):
-                src.prefetch(chunks, parallel=1)
+                src.prefetch(chunks, parallel=3)
             assert not any(src.has(c) for c in chunks)
         assert store.check().ok
         fake.corrupt = None
         with store.remote_source(image.name, layer) as src:
-            src.prefetch(chunks, parallel=1)
+            src.prefetch(chunks, parallel=3)
             assert all(src.read_chunk(c) == blob_chunk(blob, src, c) for c in chunks)
         assert store.check().ok
 
@@ -173,8 +175,24 @@ def test_prefetch_runs_requests_in_parallel(fake: FakeRegistry, tmp_path: Path, 
         layer = _layer(store, image.name)
         with store.remote_source(image.name, layer) as src:
             chunks = _scattered(src, 4)
+            in_flight, most, lock = [0], [0], threading.Lock()
+            read_many = src._read_many
+
+            def counted(spans: list[tuple[int, int]]) -> list[bytes]:
+                with lock:
+                    in_flight[0] += 1
+                    most[0] = max(most[0], in_flight[0])
+                time.sleep(0.2)  # long enough for the other workers to be asking too
+                try:
+                    return read_many(spans)
+                finally:
+                    with lock:
+                        in_flight[0] -= 1
+
+            monkeypatch.setattr(src, "_read_many", counted)
             src.prefetch(chunks, parallel=3)
             assert src.requests == 4
+            assert most[0] == 3  # three requests at once, as asked
             assert all(src.read_chunk(c) == blob_chunk(blob, src, c) for c in chunks)
         assert store.check().ok
 
