@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import traceback
 from pathlib import Path
 
 import pytest
@@ -16,3 +20,36 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("HOME", str(home))
     for var in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "OCISTORE_ROOT"):
         monkeypatch.delenv(var, raising=False)
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remember the run's status for :func:`pytest_unconfigure`."""
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Never hang at exit on a thread a failed test left blocked.
+
+    The interpreter joins every non-daemon thread before it exits, so one test that fails
+    while its helper thread waits (for a reader that the failed assertion skipped) would keep
+    the whole run alive until CI's time limit ends it, and nothing lands. Such threads are
+    named on stderr, and the process exits with the run's own status.
+    """
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    for t in stuck:
+        t.join(5)
+    stuck = [t for t in stuck if t.is_alive()]
+    if not stuck:
+        return
+    frames = sys._current_frames()
+    for t in stuck:
+        print(f"\nconftest: thread {t.name!r} is still running after the session:", file=sys.stderr)
+        frame = frames.get(t.ident) if t.ident is not None else None
+        if frame is not None:
+            traceback.print_stack(frame, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_EXIT_STATUS[-1] if _EXIT_STATUS and _EXIT_STATUS[-1] else 1)

@@ -271,23 +271,28 @@ def test_full_tee_resumes_the_download_only_once_drained_to_low_water(tmp_path: 
             fed.append(i + chunk)
         t.finish()
 
-    th = threading.Thread(target=download)
+    th = threading.Thread(target=download, daemon=True)
     th.start()
-    deadline = time.monotonic() + 10
-    while (not fed or fed[-1] < tee_mod.BUFFER) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert fed[-1] == tee_mod.BUFFER  # the buffer is full: the next chunk waits
-    got = [r.read(chunk)]  # one chunk read: still above the low-water mark, the download stays put
-    time.sleep(0.3)
-    assert fed[-1] == tee_mod.BUFFER
-    while len(got) * chunk < tee_mod.BUFFER - tee_mod.LOW_WATER:
-        got.append(r.read(chunk))
-    deadline = time.monotonic() + 10
-    while fed[-1] == tee_mod.BUFFER and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert fed[-1] > tee_mod.BUFFER  # drained to LOW_WATER: the download goes on
-    got.extend(iter(lambda: r.read(chunk), b""))
-    th.join(10)
+    try:
+        deadline = time.monotonic() + 10
+        # the ninth chunk's feed must be waiting on the full buffer before anything is read: a
+        # read that comes first makes room for it, and it is queued without a wait
+        while not (fed and fed[-1] >= tee_mod.BUFFER and t._writer_waiting) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fed[-1] == tee_mod.BUFFER and t._writer_waiting  # full: the next chunk waits
+        got = [r.read(chunk)]  # one chunk read: still above the low-water mark, the download stays put
+        time.sleep(0.3)
+        assert fed[-1] == tee_mod.BUFFER
+        while len(got) * chunk < tee_mod.BUFFER - tee_mod.LOW_WATER:
+            got.append(r.read(chunk))
+        deadline = time.monotonic() + 10
+        while fed[-1] == tee_mod.BUFFER and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fed[-1] > tee_mod.BUFFER  # drained to LOW_WATER: the download goes on
+        got.extend(iter(lambda: r.read(chunk), b""))
+        th.join(10)
+    finally:
+        r.close()  # a failed assertion must not leave the download waiting for room
     assert b"".join(got) == data
 
 
