@@ -434,9 +434,15 @@ class Store:
         with self._lock:
             if self._lazy_images is None:
                 self._lazy_images = lazyread.OpenImages()
+        return self._lazy_images.get(self._ops, name, platform, self._shared_lazy_client)
+
+    def _shared_lazy_client(self) -> remotes.RegistryClient:
+        """The registry client the ranged reads of lazily fetched layers share, made on the first
+        one (reads of complete local eStargz blobs never load the HTTP stack)."""
+        with self._lock:
             if self._lazy_client is None:
                 self._lazy_client = lazyfetch.registry_client(self._ops)
-        return self._lazy_images.get(self._ops, name, platform, self._lazy_client)
+            return self._lazy_client
 
     def read_file(self, image_or_container: str | Container, path: str, platform: PlatformArg = None) -> bytes:
         """The bytes of the file at ``path`` in an eStargz image (or a container's image), read

@@ -37,6 +37,10 @@ from ocistore.transfer.context import OperationContext
 if TYPE_CHECKING:
     from ocistore.remotes import RegistryClient
     from ocistore.transfer import lazyfetch
+
+    # a registry client, or a function that makes (or returns) the shared one on first use: an
+    # image whose blobs are all local never loads the HTTP stack
+    ClientArg = RegistryClient | Callable[[], RegistryClient] | None
 else:
     lazyfetch = lazy_module("ocistore.transfer.lazyfetch")  # the registry client, for lazily fetched layers
 
@@ -162,14 +166,15 @@ def _not_estargz(image: str, index: int, desc: Descriptor) -> errors.FailedPreco
 
 
 def layer_sources(ctx: OperationContext, parts: ImageParts, image: str = "",
-                  tocs: Sequence[TOC] | None = None, client: RegistryClient | None = None) -> list[LayerSource]:
+                  tocs: Sequence[TOC] | None = None, client: ClientArg = None) -> list[LayerSource]:
     """Where each layer's chunks come from, bottom to top: the one place that decides.
 
     A complete eStargz blob in the content store is read by :class:`LocalSource`; a layer
     fetched lazily (a partial record) by the remote source of ``transfer.lazyfetch``.
     FailedPrecondition for a layer that is not eStargz (convert the image) or whose blob
     is not complete locally (fetch or pull the image). ``client``: a registry client the
-    remote sources share (not closed by them), else each makes its own.
+    remote sources share (not closed by them), or a function called for it on the first
+    remote layer; else each makes its own.
     """
     sources: list[LayerSource] = []
     for index, desc in enumerate(parts.layers):
@@ -178,7 +183,8 @@ def layer_sources(ctx: OperationContext, parts: ImageParts, image: str = "",
         if not ctx.content.exists(desc.digest):
             if is_partial(ctx.content, desc.digest):  # fetched lazily
                 try:
-                    sources.append(lazyfetch.remote_source(ctx, image, desc, client=client,
+                    shared = client() if callable(client) else client
+                    sources.append(lazyfetch.remote_source(ctx, image, desc, client=shared,
                                                            toc=None if tocs is None else tocs[index]))
                 except BaseException:
                     close_sources(sources)
@@ -398,7 +404,7 @@ class OpenImages:
         self._items: LRU[tuple[str, str, str], LazyImage] = LRU(size)  # evicted ones: open files keep them alive
 
     def get(self, ctx: OperationContext, image: str, platform: PlatformArg = None,
-            client: RegistryClient | None = None) -> LazyImage:
+            client: ClientArg = None) -> LazyImage:
         """The open image ``image`` of ``ctx`` (opened now when not cached or stale)."""
         img = ctx.images.find(image)
         key = (img.name, img.target.digest, repr(platform))
@@ -418,7 +424,7 @@ class OpenImages:
 
 
 def open_image(ctx: OperationContext, parts: ImageParts, name: str, cache: TreeCache | None = None,
-               client: RegistryClient | None = None) -> LazyImage:
+               client: ClientArg = None) -> LazyImage:
     """The merged tree of an image's layers, with the source of each (``client``: see :func:`layer_sources`)."""
     key = tuple((d.digest, d.annotations.get(TOC_DIGEST_ANNOTATION, "")) for d in parts.layers)
     hit = cache.get(key) if cache is not None else None
