@@ -18,7 +18,7 @@ import binascii
 import datetime as dt
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -239,12 +239,18 @@ def _xattrs(obj: dict[str, Any], where: str) -> dict[str, bytes] | None:
     return out
 
 
-_NATURAL_KEYS = (("size", "size"), ("uid", "uid"), ("gid", "gid"), ("offset", "offset"),
-                 ("innerOffset", "inner_offset"), ("devMajor", "dev_major"), ("devMinor", "dev_minor"),
-                 ("chunkOffset", "chunk_offset"), ("chunkSize", "chunk_size"))
-_STR_KEYS = (("modtime", "modtime"), ("linkName", "link_name"), ("userName", "user_name"),
-             ("groupName", "group_name"))
-_DIGEST_KEYS = (("digest", "digest"), ("chunkDigest", "chunk_digest"))
+_NATURAL, _INTEGER, _STRING, _DIGEST = range(4)
+_FIELDS: dict[str, tuple[str, int]] = {
+    "size": ("size", _NATURAL), "uid": ("uid", _NATURAL), "gid": ("gid", _NATURAL),
+    "offset": ("offset", _NATURAL), "innerOffset": ("inner_offset", _NATURAL),
+    "devMajor": ("dev_major", _NATURAL), "devMinor": ("dev_minor", _NATURAL),
+    "chunkOffset": ("chunk_offset", _NATURAL), "chunkSize": ("chunk_size", _NATURAL),
+    "mode": ("mode", _INTEGER), "modtime": ("modtime", _STRING), "linkName": ("link_name", _STRING),
+    "userName": ("user_name", _STRING), "groupName": ("group_name", _STRING),
+    "digest": ("digest", _DIGEST), "chunkDigest": ("chunk_digest", _DIGEST),
+}
+"""JSON key -> (TOCEntry field, check); other keys are ignored, as Go's decoder ignores them."""
+_CHECKS: tuple[Callable[[dict[str, Any], str, str], Any], ...] = (_natural, _int, _str, _digest)
 
 
 def _entry(obj: object, index: int) -> TOCEntry:
@@ -256,30 +262,27 @@ def _entry(obj: object, index: int) -> TOCEntry:
     kind = obj.get("type")
     if kind not in ENTRY_TYPES:
         raise _bad(f"entry {index} ({name[:200]!r}): unknown type {kind!r:.40}")
-    # the common case checked inline (a TOC has hundreds of thousands of entries); any value
-    # that fails goes through the checkers, which raise with the entry's name
+    # one pass over the keys the entry has (a TOC has hundreds of thousands of entries, most
+    # with a few keys), the common case checked inline; a value that fails goes through the
+    # checkers, which raise with the entry's name
     fields: dict[str, Any] = {}
-    get = obj.get
-    for key, attr in _NATURAL_KEYS:
-        value = get(key, 0)
-        if type(value) is not int or not 0 <= value <= _INT64:
-            value = _natural(obj, key, f"entry {index} ({name[:200]!r})")
-        fields[attr] = value
-    mode = get("mode", 0)
-    if type(mode) is not int or not -_INT64 - 1 <= mode <= _INT64:
-        mode = _int(obj, "mode", f"entry {index} ({name[:200]!r})")
-    for key, attr in _STR_KEYS:
-        value = get(key, "")
-        if type(value) is not str:
-            value = _str(obj, key, f"entry {index} ({name[:200]!r})")
-        fields[attr] = value
-    for key, attr in _DIGEST_KEYS:
-        value = get(key, "")
-        if value:
-            value = _digest(obj, key, f"entry {index} ({name[:200]!r})")
-        fields[attr] = value
+    field = _FIELDS.get
+    for key, value in obj.items():
+        spec = field(key)
+        if spec is None:
+            continue
+        attr, check = spec
+        if check == _NATURAL:
+            ok = type(value) is int and 0 <= value <= _INT64
+        elif check == _STRING:
+            ok = type(value) is str
+        elif check == _DIGEST:
+            ok = value == ""  # a digest is always parsed
+        else:
+            ok = type(value) is int and -_INT64 - 1 <= value <= _INT64
+        fields[attr] = value if ok else _CHECKS[check](obj, key, f"entry {index} ({name[:200]!r})")
     xattrs = _xattrs(obj, f"entry {index} ({name[:200]!r})") if "xattrs" in obj else None
-    return TOCEntry(name=name, type=kind, mode=mode, xattrs=xattrs, **fields)
+    return TOCEntry(name=name, type=kind, xattrs=xattrs, **fields)
 
 
 def parse_toc(data: bytes, *, payload_size: int, max_entries: int = MAX_TOC_ENTRIES) -> TOC:
