@@ -248,6 +248,58 @@ def test_toc_bomb_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
                        payload_size=10, max_entries=10)
 
 
+_GOOD_ENTRY: dict[str, Any] = {
+    "name": "etc/app.conf", "type": "reg", "size": 3, "modtime": "2024-01-02T03:04:05Z", "mode": 0o644,
+    "uid": 1000, "gid": 1000, "userName": "app", "groupName": "app", "offset": 0,
+    "xattrs": {"user.k": "dg=="}, "digest": "sha256:" + "a" * 64, "chunkSize": 3,
+    "chunkDigest": "sha256:" + "b" * 64, "someFutureKey": [1, 2],
+}
+
+
+def _toc_of(entry: dict[str, Any]) -> bytes:
+    return json.dumps({"version": 1, "entries": [entry]}).encode()
+
+
+def test_toc_fields_parse_into_the_entry() -> None:
+    """Every known key lands in its field, and a key stargz does not define is ignored."""
+    toc = esgz.parse_toc(_toc_of(_GOOD_ENTRY), payload_size=100)
+    (entry,) = toc.entries
+    assert (entry.name, entry.type, entry.size, entry.modtime, entry.mode) == (
+        "etc/app.conf", "reg", 3, "2024-01-02T03:04:05Z", 0o644)
+    assert (entry.uid, entry.gid, entry.user_name, entry.group_name) == (1000, 1000, "app", "app")
+    assert entry.xattrs == {"user.k": b"v"}
+    assert (entry.digest, entry.chunk_size, entry.chunk_digest) == (
+        "sha256:" + "a" * 64, 3, "sha256:" + "b" * 64)
+    assert entry.to_json() == {k: v for k, v in _GOOD_ENTRY.items() if k not in ("offset", "someFutureKey")}
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("size", -1, "'size' must not be negative"),
+    ("size", "3", "'size' must be an integer"),
+    ("size", True, "'size' must be an integer"),
+    ("size", 1.5, "'size' must be an integer"),
+    ("uid", 2**63, "'uid' is out of range"),
+    ("offset", None, "'offset' must be an integer"),
+    ("mode", "0644", "'mode' must be an integer"),
+    ("mode", -(2**63) - 1, "'mode' is out of range"),
+    ("modtime", 5, "'modtime' must be a string"),
+    ("userName", None, "'userName' must be a string"),
+    ("digest", None, "'digest' must be a string"),
+    ("digest", 0, "'digest' must be a string"),
+    ("chunkDigest", "sha256:xyz", "'chunkDigest'"),
+    ("chunkDigest", "md5:" + "a" * 32, "'chunkDigest'"),
+    ("xattrs", {"user.k": "!!"}, "not valid base64"),
+    ("xattrs", {"user.k": 1}, "must be a base64 string"),
+    ("xattrs", ["user.k"], "'xattrs' must be an object"),
+    ("type", "socket", "unknown type"),
+    ("name", 7, "has no name"),
+])
+def test_toc_field_of_the_wrong_type_is_refused(key: str, value: Any, message: str) -> None:
+    with pytest.raises(errors.InvalidEStargz, match="invalid eStargz TOC: entry 0") as exc:
+        esgz.parse_toc(_toc_of({**_GOOD_ENTRY, key: value}), payload_size=100)
+    assert message in str(exc.value)
+
+
 # -- hostile layers through the store: typed error, no snapshot, clean check -------------------------
 
 
