@@ -36,7 +36,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     The interpreter joins every non-daemon thread before it exits, so one test that fails
     while its helper thread waits (for a reader that the failed assertion skipped) would keep
     the whole run alive until CI's time limit ends it, and nothing lands. Such threads are
-    named on stderr, and the process exits with the run's own status.
+    named on stderr, and the process exits with the run's own status (a run that passed
+    with an idle thread left behind still passes).
     """
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     for t in stuck:
@@ -52,4 +53,4 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             traceback.print_stack(frame, file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(_EXIT_STATUS[-1] if _EXIT_STATUS and _EXIT_STATUS[-1] else 1)
+    os._exit(_EXIT_STATUS[-1] if _EXIT_STATUS else 1)  # 1: the session did not finish
