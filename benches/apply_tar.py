@@ -64,7 +64,8 @@ def main() -> None:
                     env = P.env_for(work)
                     if side == "baseline":
                         env["PYTHONPATH"] = str(Path(a.baseline).resolve())
-                    r = C.run_child([sys.executable, "-c", P.APPLY, str(dest), str(path), layer["mediaType"]],
+                    r = C.run_child([sys.executable, "-c", P.APPLY, str(dest), str(path), layer["mediaType"],
+                                     layer["diff_id"]],
                                     env=env, timeout=600)
                     res[side] = r.json()["s"]
             res["ratio"] = res["apply"] / res["tool"]

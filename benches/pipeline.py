@@ -16,7 +16,8 @@ each step in its own fresh process (ocistore steps time the API call after the i
   ext4); ocistore ``Store.fetch`` alone, then ``Store.unpack`` alone (the two halves of the
   pull, in sequence); the ratio pull / max(fetch, unpack) is computed per repetition;
 * ``apply_layer`` of debian:zstd vs ``zstd -dc | tar -x``, of debian:gzip vs ``tar -xzf``
-  (each from the page cache into an empty directory, child process wall time);
+  (each from the page cache into an empty directory, child process wall time; called as
+  ``Store.unpack`` calls it: diffID checked, the stored blob not hashed again);
 * after the ml:big pull: a fresh-process ``ocistore containers create`` (``python -m
   ocistore.cli``), ``--create-runs`` times, with bytecode (``PYTHONPYCACHEPREFIX``, compiled
   once before) and without (``PYTHONDONTWRITEBYTECODE=1`` and no cache: every module is
@@ -84,7 +85,9 @@ import sys, time
 from ocistore.archive import apply_layer
 t = time.perf_counter()
 with open(sys.argv[2], "rb") as f:
-    apply_layer(f, sys.argv[1], media_type=sys.argv[3])
+    # as Store.unpack applies a layer: the diffID computed and checked, the blob not hashed
+    # a second time (the content store verified it when it was written)
+    apply_layer(f, sys.argv[1], media_type=sys.argv[3], expected_diff_id=sys.argv[4], blob_digest=False)
 print('{"s": %f}' % (time.perf_counter() - t))
 """
 
@@ -206,7 +209,8 @@ def one_repetition(a: argparse.Namespace, work: Path, reg: C.LocalRegistry, rep:
                 dest.mkdir()
                 C.settle(a.settle)
                 if order == 0:
-                    r = C.run_child([sys.executable, "-c", APPLY, str(dest), str(path), layer["mediaType"]],
+                    r = C.run_child([sys.executable, "-c", APPLY, str(dest), str(path), layer["mediaType"],
+                                      layer["diff_id"]],
                                     env=env_for(work), timeout=600)
                     res[f"apply_{tag}"] = r.json()["s"]
                     res[f"apply_{tag}_rss_kb"] = r.maxrss_kb
