@@ -277,7 +277,7 @@ def _entry(obj: object, index: int) -> TOCEntry:
         elif check == _STRING:
             ok = type(value) is str
         elif check == _DIGEST:
-            ok = value == ""  # a digest is always parsed
+            ok = value == ""  # any other value goes through the digest parser
         else:
             ok = type(value) is int and -_INT64 - 1 <= value <= _INT64
         fields[attr] = value if ok else _CHECKS[check](obj, key, f"entry {index} ({name[:200]!r})")
