@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 import pytest
+from process_helpers import modules_loaded
 
 from ocistore.cli import main
 from ocistore.cli.app import default_root
@@ -773,21 +774,11 @@ def test_a_fresh_create_loads_only_what_it_needs(tmp_path: Path) -> None:
     write_layout(layout, {"example.com/small:1": [{"a.txt": "a"}]})
     root = tmp_path / "root"
     ok(run(root, "images", "import", str(layout)))
-    code = (
-        "import sys\n"
+    loaded = modules_loaded(
         "from ocistore.cli import main\n"
-        f"assert main(['--root', {str(root)!r}, 'containers', 'create', 'c1', 'example.com/small:1']) == 0\n"
-        "print('\\n'.join(sorted(sys.modules)))\n"
+        f"assert main(['--root', {str(root)!r}, 'containers', 'create', 'c1', 'example.com/small:1']) == 0",
+        tmp_path,
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCISTORE_")}
-    env["PYTHONPATH"] = str(REPO)
-
-    def modules(source: str) -> set[str]:
-        return set(subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, env=env,
-                                  check=True, cwd=tmp_path, timeout=120).stdout.split())
-
-    # what the interpreter's own start-up loads (site hooks) is not the command's
-    loaded = modules(code) - modules("import sys; print('\\n'.join(sorted(sys.modules)))")
     unwanted = {
         "ocistore.cli.images", "ocistore.cli.serve", "ocistore.cli.bench", "ocistore.cli.maintenance",
         "ocistore.archive", "ocistore.estargz", "ocistore.remotes", "ocistore.transfer.unpack",

@@ -11,14 +11,13 @@ import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from archive_helpers import CORPUS
 from lazy_helpers import merged_tree_entries, store_plain_image, tar_layer, unpacked_tree
+from process_helpers import modules_loaded
 
 from ocistore import Descriptor, Store, errors
 from ocistore import estargz as esgz
@@ -92,17 +91,12 @@ def test_reading_a_local_image_never_loads_the_registry_client(layered: Any, tmp
     """Every blob of the converted image is local, so read_file (and the FUSE helper serving it)
     has no use for the HTTP stack: it is made on the first lazily fetched layer only."""
     _store, name, root = layered
-    code = (
-        "import sys\n"
+    loaded = modules_loaded(
         "from ocistore import Store\n"
         f"with Store({str(root)!r}) as s:\n"
-        f"    assert s.read_file({name!r}, 'dirlink/z') == b'through the link'\n"
-        "print('\\n'.join(sorted(sys.modules)))\n"
+        f"    assert s.read_file({name!r}, 'dirlink/z') == b'through the link'",
+        tmp_path,
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCISTORE_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                                check=True, cwd=tmp_path, timeout=120).stdout.split())
     assert "ocistore.estargz" in loaded  # the read did go through the TOCs
     assert not {"ocistore.remotes", "ocistore.transfer.lazyfetch", "urllib3", "ssl"} & loaded
 
