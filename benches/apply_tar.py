@@ -64,8 +64,7 @@ def main() -> None:
                     env = P.env_for(work)
                     if side == "baseline":
                         env["PYTHONPATH"] = str(Path(a.baseline).resolve())
-                    r = C.run_child([sys.executable, "-c", P.APPLY, str(dest), str(path), layer["mediaType"],
-                                     layer["diff_id"]],
+                    r = C.run_child(P.apply_argv(dest, path, layer),
                                     env=env, timeout=600)
                     res[side] = r.json()["s"]
             res["ratio"] = res["apply"] / res["tool"]

@@ -92,6 +92,11 @@ print('{"s": %f}' % (time.perf_counter() - t))
 """
 
 
+def apply_argv(dest: Path, blob_path: Path, layer: dict[str, Any]) -> list[str]:
+    """The child process that times :data:`APPLY` of one corpus layer into ``dest``."""
+    return [sys.executable, "-c", APPLY, str(dest), str(blob_path), layer["mediaType"], layer["diff_id"]]
+
+
 def env_for(work: Path, bytecode: bool = True, tree: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     tree = tree or REPO
@@ -209,8 +214,7 @@ def one_repetition(a: argparse.Namespace, work: Path, reg: C.LocalRegistry, rep:
                 dest.mkdir()
                 C.settle(a.settle)
                 if order == 0:
-                    r = C.run_child([sys.executable, "-c", APPLY, str(dest), str(path), layer["mediaType"],
-                                      layer["diff_id"]],
+                    r = C.run_child(apply_argv(dest, path, layer),
                                     env=env_for(work), timeout=600)
                     res[f"apply_{tag}"] = r.json()["s"]
                     res[f"apply_{tag}_rss_kb"] = r.maxrss_kb
